@@ -1,0 +1,435 @@
+/*
+ * md_combine.c -- the driver: argument checks, OpenMP over row blocks, and
+ * per (row, column tile) the gather of N frames into a tile of doubles,
+ * followed by the method.
+ *
+ * A tile holds one row of up to TW columns for every frame, frame-major
+ * (rows[i][x]), so per-pixel work over frames runs down a column and a
+ * compare-exchange or an accumulation runs along w pixels at once.
+ *
+ * Bad values are stored as MD_BAD (+inf), which sorts after every good value.
+ * Mean and sum are accumulated column-wise for every pixel, with bad values
+ * contributing nothing.  Median and the rejection methods sort each pixel's
+ * values, by a sorting network across the tile or by a scalar sort of the
+ * pixel's good values; both give the same sorted values, so a pixel's result
+ * never depends on its neighbours, the tile width or the thread count.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "md_internal.h"
+
+/* Columns whose sums are accumulated together (in registers). */
+#define MD_STRIP 16
+
+/* Target size of a tile, in doubles (it should stay in the L1 cache). */
+#ifndef MD_TILE_DOUBLES
+#define MD_TILE_DOUBLES 2048
+#endif
+
+/* Sorting networks are used up to this many frames; beyond, scalar sorts. */
+#define MD_NETWORK_MAX 64
+
+const char *md_strerror(int status)
+{
+    switch (status) {
+    case MD_OK: return "success";
+    case MD_ERR_NOMEM: return "out of memory for the combination scratch";
+    case MD_ERR_ARG: return "invalid argument to the combination core";
+    default: return "unknown status";
+    }
+}
+
+int md_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int md_default_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Columns per tile: about 64 KiB of doubles per tile, a multiple of MD_STRIP. */
+static size_t tile_width(size_t nframes)
+{
+    size_t tw = MD_TILE_DOUBLES / nframes;
+    tw -= tw % MD_STRIP;
+    if (tw < MD_STRIP) tw = MD_STRIP;
+    if (tw > 1024) tw = 1024;
+    return tw;
+}
+
+/* ---- argument checks ----------------------------------------------------- */
+
+static int image_ok(const md_image *im)
+{
+    return im && im->data && md_dtype_size(im->dtype) != 0 && isfinite(im->bscale)
+           && isfinite(im->bzero);
+}
+
+static int plane_ok(const md_plane *pl, int float_only)
+{
+    if (!pl->data) return 1;
+    if (float_only) return pl->dtype == MD_FLOAT32 || pl->dtype == MD_FLOAT64;
+    return md_dtype_size(pl->dtype) != 0;
+}
+
+static int params_ok(const md_params *p)
+{
+    if (!p->var_factor) return 0;
+    switch (p->method) {
+    case MD_MEAN: case MD_SUM: case MD_MEDIAN: return 1;
+    case MD_MINMAX: return p->nlow >= 0 && p->nhigh >= 0;
+    case MD_QUANTILECLIP: return p->fclip >= 0.0 && p->fclip < 0.5;
+    case MD_SIGCLIP: case MD_CCDCLIP:
+        if (!(p->low > 0.0 && p->high > 0.0 && p->maxiters >= 1 && p->sigma_floor >= 0.0))
+            return 0;
+        if (p->centre != MD_CENTRE_MEDIAN && p->centre != MD_CENTRE_MEAN) return 0;
+        if (p->method == MD_CCDCLIP) return p->gain > 0.0 && p->rdnoise >= 0.0;
+        return p->spread == MD_SPREAD_MAD || p->spread == MD_SPREAD_STD;
+    default: return 0;
+    }
+}
+
+static int inputs_ok(const md_inputs *in)
+{
+    if (in->nframes < 1 || !in->frames) return 0;
+    for (size_t i = 0; i < in->nframes; i++) {
+        if (!image_ok(&in->frames[i])) return 0;
+        if (in->masks && in->masks[i].data && md_dtype_size(in->masks[i].dtype) == 0) return 0;
+        if (in->scales && !(isfinite(in->scales[i]) && in->scales[i] != 0.0)) return 0;
+        if (in->zeros && !isfinite(in->zeros[i])) return 0;
+        if (in->weights && !(isfinite(in->weights[i]) && in->weights[i] > 0.0)) return 0;
+    }
+    return !in->bias || image_ok(in->bias);
+}
+
+/* ---- per-thread scratch ---------------------------------------------------- */
+
+typedef struct workspace {
+    double *tile;        /* nframes x tw values (MD_BAD = bad) */
+    double **rows;       /* nframes pointers into tile */
+    double *bias;        /* tw bias values */
+    unsigned char *mask; /* tw mask flags */
+    double *nbad;        /* tw: bad values per column */
+    double *ngood, *sw, *sww, *swx, *mean, *ss; /* tw column accumulators */
+    double *value, *variance, *npix, *nrej;     /* tw results */
+    double *pv, *pw;     /* nframes values/weights of one pixel */
+} workspace;
+
+static void workspace_free(workspace *ws)
+{
+    free(ws->tile);
+    free(ws->rows);
+    free(ws->mask);
+    free(ws->bias);
+    free(ws->pv);
+    free(ws->pw);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* tw is a multiple of MD_STRIP; memory is zeroed so padding is defined. */
+static int workspace_alloc(workspace *ws, size_t nframes, size_t tw)
+{
+    memset(ws, 0, sizeof *ws);
+    double **planes[] = {&ws->bias, &ws->nbad, &ws->ngood, &ws->sw, &ws->sww, &ws->swx,
+                         &ws->mean, &ws->ss, &ws->value, &ws->variance, &ws->npix, &ws->nrej};
+    const size_t nplanes = sizeof planes / sizeof planes[0];
+    ws->tile = calloc(nframes * tw, sizeof(double));
+    ws->rows = malloc(nframes * sizeof(double *));
+    ws->mask = calloc(tw, 1);
+    ws->bias = calloc(nplanes * tw, sizeof(double)); /* one block for the tw-long arrays */
+    ws->pv = malloc(nframes * sizeof(double));
+    ws->pw = malloc(nframes * sizeof(double));
+    if (!ws->tile || !ws->rows || !ws->mask || !ws->bias || !ws->pv || !ws->pw) {
+        workspace_free(ws);
+        return MD_ERR_NOMEM;
+    }
+    for (size_t k = 1; k < nplanes; k++) *planes[k] = ws->bias + k * tw;
+    for (size_t i = 0; i < nframes; i++) ws->rows[i] = ws->tile + i * tw;
+    return MD_OK;
+}
+
+/* ---- one tile ---------------------------------------------------------------- */
+
+/* Fill rows[i][0..w) with the corrected values of row y, columns x0..;
+ * bad values become MD_BAD and are counted per column in nbad. */
+MD_HOT static void gather(const md_inputs *in, workspace *ws, size_t y, size_t x0, size_t w)
+{
+    double *restrict nbad = ws->nbad;
+    const double *restrict bias = ws->bias;
+    const unsigned char *restrict mask = ws->mask;
+    for (size_t x = 0; x < w; x++) nbad[x] = 0.0;
+    if (in->bias) md_load_values(in->bias, y, x0, w, ws->bias);
+    else memset(ws->bias, 0, w * sizeof(double));
+    for (size_t i = 0; i < in->nframes; i++) {
+        double *restrict r = ws->rows[i];
+        md_load_values(&in->frames[i], y, x0, w, r);
+        const double off = in->row_offsets ? in->row_offsets[i * in->ny + y] : 0.0;
+        /* Zero 0 and scale 1 change no bit, so they are skipped. */
+        const double zero = in->zeros ? in->zeros[i] : 0.0;
+        const double scale = in->scales ? in->scales[i] : 1.0;
+        const int normalise = zero != 0.0 || scale != 1.0;
+        const int masked = in->masks && in->masks[i].data;
+        if (!normalise && !masked) { /* the common case, in one pass */
+            for (size_t x = 0; x < w; x++) {
+                const double v = (r[x] - bias[x]) - off;
+                const int bad = !(v - v == 0.0); /* NaN or +-inf */
+                r[x] = bad ? MD_BAD : v;
+                nbad[x] += bad ? 1.0 : 0.0;
+            }
+            continue;
+        }
+        for (size_t x = 0; x < w; x++) r[x] = (r[x] - bias[x]) - off;
+        if (normalise)
+            for (size_t x = 0; x < w; x++) r[x] = (r[x] - zero) / scale;
+        if (masked) {
+            md_load_mask(&in->masks[i], y, x0, w, ws->mask);
+            for (size_t x = 0; x < w; x++) r[x] = mask[x] ? NAN : r[x];
+        }
+        for (size_t x = 0; x < w; x++) {
+            const int bad = !(r[x] - r[x] == 0.0);
+            r[x] = bad ? MD_BAD : r[x];
+            nbad[x] += bad ? 1.0 : 0.0;
+        }
+    }
+}
+
+/*
+ * Column sums over the good values, in frame order, with weights (NULL for
+ * equal weights): ngood, sw = sum w, sww = sum w^2, swx = sum w x,
+ * mean = swx / sw and, when want_ss, ss = sum w (x - mean)^2.  Equal
+ * weights take a shorter loop with the same bits (1 * x == x).
+ */
+MD_HOT static void column_moments(size_t nframes, const double *weights, workspace *ws, size_t w,
+                                  int want_ss)
+{
+    double *restrict ng = ws->ngood, *restrict sw = ws->sw, *restrict sww = ws->sww;
+    double *restrict sx = ws->swx, *restrict mu = ws->mean, *restrict ss = ws->ss;
+    for (size_t x = 0; x < w; x++) ng[x] = sw[x] = sww[x] = sx[x] = ss[x] = 0.0;
+    for (size_t i = 0; i < nframes; i++) {
+        const double *restrict r = ws->rows[i];
+        if (weights) {
+            const double wi = weights[i];
+            for (size_t x = 0; x < w; x++) {
+                const double v = r[x];
+                ng[x] += v < MD_BAD ? 1.0 : 0.0;
+                sw[x] += v < MD_BAD ? wi : 0.0;
+                sww[x] += v < MD_BAD ? wi * wi : 0.0;
+                sx[x] += v < MD_BAD ? wi * v : 0.0;
+            }
+        } else {
+            for (size_t x = 0; x < w; x++) {
+                const double v = r[x];
+                ng[x] += v < MD_BAD ? 1.0 : 0.0;
+                sx[x] += v < MD_BAD ? v : 0.0;
+            }
+        }
+    }
+    if (!weights)
+        for (size_t x = 0; x < w; x++) sw[x] = sww[x] = ng[x];
+    for (size_t x = 0; x < w; x++) mu[x] = sx[x] / sw[x];
+    if (!want_ss) return;
+    for (size_t i = 0; i < nframes; i++) {
+        const double *restrict r = ws->rows[i];
+        const double wi = weights ? weights[i] : 1.0;
+        for (size_t x = 0; x < w; x++) {
+            const double d = r[x] - mu[x];
+            ss[x] += r[x] < MD_BAD ? wi * d * d : 0.0;
+        }
+    }
+}
+
+/* Variance of the combined value from the column moments (see md_params). */
+static void column_variances(const md_params *p, workspace *ws, size_t w)
+{
+    const double *restrict ng = ws->ngood, *restrict sw = ws->sw, *restrict sww = ws->sww;
+    const double *restrict ss = ws->ss;
+    double *restrict var = ws->variance;
+    for (size_t x = 0; x < w; x++) {
+        const int n = (int)ng[x];
+        const double s2 = ss[x] / (sw[x] - sww[x] / sw[x]);
+        const double v = p->var_factor[n] * s2 * sww[x] / (sw[x] * sw[x]);
+        var[x] = n >= 2 ? v : NAN;
+    }
+}
+
+/* Copy the good values of column x (and their frames' weights) to pv/pw. */
+static int column_good_values(const md_inputs *in, workspace *ws, size_t x, int with_weights)
+{
+    int n = 0;
+    for (size_t i = 0; i < in->nframes; i++) {
+        const double v = ws->rows[i][x];
+        if (v < MD_BAD) {
+            ws->pv[n] = v;
+            if (with_weights) ws->pw[n] = in->weights[i];
+            n++;
+        }
+    }
+    return n;
+}
+
+MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, workspace *ws,
+                                    size_t w, int want_var)
+{
+    column_moments(in->nframes, in->weights, ws, w, want_var);
+    const double *restrict sums = p->method == MD_SUM ? ws->swx : ws->mean;
+    for (size_t x = 0; x < w; x++) {
+        ws->value[x] = ws->ngood[x] > 0.0 ? sums[x] : p->fill;
+        ws->npix[x] = ws->ngood[x];
+        ws->nrej[x] = 0.0;
+    }
+    if (want_var) column_variances(p, ws, w);
+}
+
+MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md_network *net,
+                               workspace *ws, size_t w, int want_var)
+{
+    const size_t nf = in->nframes;
+    if (want_var) {
+        column_moments(nf, NULL, ws, w, 1); /* the median ignores weights */
+        column_variances(p, ws, w);
+    }
+    if (net) { /* every column as if it had no bad value; those that do are redone below */
+        md_network_apply(net, ws->rows, w);
+        const double *restrict lo = ws->rows[(nf - 1) / 2], *restrict hi = ws->rows[nf / 2];
+        for (size_t x = 0; x < w; x++) ws->value[x] = (lo[x] + hi[x]) / 2.0;
+        if (nf % 2)
+            for (size_t x = 0; x < w; x++) ws->value[x] = lo[x];
+    }
+    for (size_t x = 0; x < w; x++) {
+        ws->npix[x] = (double)nf - ws->nbad[x];
+        ws->nrej[x] = 0.0;
+    }
+    for (size_t x = 0; x < w; x++) {
+        if (net && ws->nbad[x] == 0.0) continue;
+        const int n = column_good_values(in, ws, x, 0);
+        md_sort(ws->pv, NULL, (size_t)n);
+        ws->value[x] = n > 0 ? md_sorted_median(ws->pv, n) : p->fill;
+    }
+}
+
+MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const md_network *net,
+                                  workspace *ws, size_t w)
+{
+    const int weighted = in->weights != NULL;
+    if (net) md_network_apply(net, ws->rows, w);
+    for (size_t x = 0; x < w; x++) {
+        int n;
+        if (net) { /* sorted, good values first */
+            n = (int)(in->nframes - (size_t)ws->nbad[x]);
+            for (int i = 0; i < n; i++) ws->pv[i] = ws->rows[i][x];
+        } else {
+            n = column_good_values(in, ws, x, weighted);
+            md_sort(ws->pv, weighted ? ws->pw : NULL, (size_t)n);
+        }
+        const md_pixel r = md_reduce_sorted(p, ws->pv, weighted ? ws->pw : NULL, n);
+        ws->value[x] = r.value;
+        ws->variance[x] = r.variance;
+        ws->npix[x] = r.npix;
+        ws->nrej[x] = r.nrejected;
+    }
+}
+
+static void store_tile(const md_outputs *out, const workspace *ws, size_t y, size_t x0, size_t w)
+{
+    md_store_row(&out->value, y, x0, w, ws->value);
+    if (out->variance.data) md_store_row(&out->variance, y, x0, w, ws->variance);
+    if (out->npix.data) md_store_row(&out->npix, y, x0, w, ws->npix);
+    if (out->nrejected.data) md_store_row(&out->nrejected, y, x0, w, ws->nrej);
+}
+
+static void combine_rows(const md_inputs *in, const md_params *p, const md_outputs *out,
+                         const md_network *net, workspace *ws, size_t tw, size_t y0, size_t y1)
+{
+    const int want_var = out->variance.data != NULL;
+    for (size_t y = y0; y < y1; y++) {
+        for (size_t x0 = 0; x0 < in->nx; x0 += tw) {
+            const size_t w = in->nx - x0 < tw ? in->nx - x0 : tw;
+            gather(in, ws, y, x0, w);
+            switch (p->method) {
+            case MD_MEAN:
+            case MD_SUM: tile_mean_or_sum(in, p, ws, w, want_var); break;
+            case MD_MEDIAN: tile_median(in, p, net, ws, w, want_var); break;
+            default: tile_rejection(in, p, net, ws, w); break;
+            }
+            store_tile(out, ws, y, x0, w);
+        }
+    }
+}
+
+/* ---- entry point ---------------------------------------------------------- */
+
+int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
+               size_t row_begin, size_t row_end, int nthreads, size_t block_rows)
+{
+    if (!in || !p || !out || !inputs_ok(in) || !params_ok(p)) return MD_ERR_ARG;
+    if (!out->value.data || !plane_ok(&out->value, 1) || !plane_ok(&out->variance, 1)
+        || !plane_ok(&out->npix, 0) || !plane_ok(&out->nrejected, 0))
+        return MD_ERR_ARG;
+    if (row_begin > row_end || row_end > in->ny || block_rows < 1 || nthreads < 0)
+        return MD_ERR_ARG;
+    if (row_begin == row_end || in->nx == 0) return MD_OK;
+
+    /* A network sorts the tile's columns when the frames are few enough and
+     * the method needs sorted values without weights attached. */
+    const int sorts = p->method != MD_MEAN && p->method != MD_SUM;
+    const int use_net = sorts && in->nframes <= MD_NETWORK_MAX
+                        && (p->method == MD_MEDIAN || !in->weights);
+    md_network net = {0, NULL, NULL};
+    if (use_net) {
+        const int status = md_network_build(&net, (int)in->nframes, p->method == MD_MEDIAN);
+        if (status != MD_OK) return status;
+    }
+
+    const size_t tw = tile_width(in->nframes);
+    const size_t nblocks = (row_end - row_begin + block_rows - 1) / block_rows;
+    int status = MD_OK;
+
+#ifdef _OPENMP
+    const int nt = nthreads > 0 ? nthreads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        workspace ws;
+        const int ws_status = workspace_alloc(&ws, in->nframes, tw);
+        if (ws_status != MD_OK) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            status = ws_status;
+        }
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (size_t b = 0; b < nblocks; b++) {
+            int failed;
+#ifdef _OPENMP
+#pragma omp atomic read
+#endif
+            failed = status;
+            if (failed != MD_OK) continue;
+            const size_t y0 = row_begin + b * block_rows;
+            const size_t y1 = y0 + block_rows < row_end ? y0 + block_rows : row_end;
+            combine_rows(in, p, out, use_net ? &net : NULL, &ws, tw, y0, y1);
+        }
+        workspace_free(&ws);
+    }
+    md_network_free(&net);
+    return status;
+}

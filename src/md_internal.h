@@ -1,0 +1,89 @@
+/*
+ * md_internal.h -- declarations shared by the core's translation units.
+ * Not part of the public contract (see md_combine.h).
+ */
+#ifndef MD_INTERNAL_H
+#define MD_INTERNAL_H
+
+#include <stddef.h>
+
+#include "md_combine.h"
+
+/*
+ * Hot loops are compiled for several x86-64 levels and picked at load time
+ * (GCC function multi-versioning), so one portable build runs AVX-512 code
+ * where the CPU has it.  Results do not depend on the level: the code never
+ * contracts a * b + c into an FMA (-ffp-contract=off) and every reduction
+ * keeps its order.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(MD_NO_CLONES)
+#define MD_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MD_HOT
+#endif
+
+/* Marker of a bad value inside the core's tiles: it sorts after every good
+ * value, so a sorted column holds its good values first. */
+#define MD_BAD INFINITY
+
+/* ---- md_load.c: reading images into double tiles ---------------------- */
+
+/* dst[k] = physical value of pixel (y, x0 + k), k < w; BLANK pixels -> NaN. */
+void md_load_values(const md_image *im, size_t y, size_t x0, size_t w, double *dst);
+
+/* dst[k] = 1 where the mask pixel (y, x0 + k) is non-zero, else 0. */
+void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned char *dst);
+
+/* Store src[0..w) into row y, columns x0.., of an output plane. */
+void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src);
+
+/* Size in bytes of one pixel of a dtype, 0 when the dtype is unknown. */
+size_t md_dtype_size(int dtype);
+
+/* ---- md_sortnet.c: sorting networks and scalar sorts -------------------- */
+
+/* A comparator network: compare-exchange (a[k], b[k]) for k < ncomp. */
+typedef struct md_network {
+    int ncomp;
+    int *a, *b;
+} md_network;
+
+/*
+ * Build Batcher's odd-even merge sort network for n inputs.  With
+ * median_only, keep just the comparators the middle element(s) depend on.
+ * Returns MD_OK or MD_ERR_NOMEM.  Free with md_network_free.
+ */
+int md_network_build(md_network *net, int n, int median_only);
+void md_network_free(md_network *net);
+
+/*
+ * Apply the network to columns of a tile: rows[i] points to w doubles, and
+ * after the call rows[0][x] <= rows[1][x] <= ... for each column x.  Each
+ * compare-exchange permutes NaN-free values (+inf included), so a column
+ * always keeps its values; a median-only network sorts the middle only.
+ */
+void md_network_apply(const md_network *net, double *const *rows, size_t w);
+
+/* Sort v[0..n) ascending; wt (may be NULL) is permuted alongside. */
+void md_sort(double *v, double *wt, size_t n);
+
+/* ---- md_reduce.c: rejection methods on one pixel ---------------------- */
+
+/* The result for one pixel. */
+typedef struct md_pixel {
+    double value, variance;
+    int npix, nrejected;
+} md_pixel;
+
+/* Median of sorted v[0..n), n >= 1. */
+double md_sorted_median(const double *v, int n);
+
+/*
+ * MD_SIGCLIP, MD_CCDCLIP, MD_MINMAX or MD_QUANTILECLIP on the n good values
+ * of one pixel, sorted ascending in v (weights wt permuted alongside, or
+ * NULL): value = weighted mean of the survivors, variance as md_params says.
+ */
+md_pixel md_reduce_sorted(const md_params *p, const double *v, const double *wt, int n);
+
+#endif /* MD_INTERNAL_H */

@@ -1,0 +1,157 @@
+/*
+ * md_reduce.c -- the rejection methods, one pixel at a time, on its good
+ * values sorted ascending.  Every rejection rule used here keeps an interval
+ * of values, so the survivors are always a contiguous run [lo, hi) of the
+ * sorted values and each iteration only moves the two ends inwards.
+ */
+#include <math.h>
+
+#include "md_internal.h"
+
+#define MD_MAD_TO_SIGMA 1.482602218505602 /* 1 / Phi^-1(3/4) */
+
+double md_sorted_median(const double *v, int n)
+{
+    return (n % 2) ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}
+
+/* Sample variance about the (weighted) mean, and the sums of weights. */
+static void weighted_moments(const double *v, const double *wt, int n, double *mean, double *s2,
+                             double *v1, double *v2)
+{
+    double sw = 0.0, sww = 0.0, swx = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double w = wt ? wt[i] : 1.0;
+        sw += w;
+        sww += w * w;
+        swx += w * v[i];
+    }
+    const double m = swx / sw;
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double w = wt ? wt[i] : 1.0;
+        const double d = v[i] - m;
+        ss += w * d * d;
+    }
+    *mean = m;
+    *s2 = n >= 2 ? ss / (sw - sww / sw) : NAN;
+    *v1 = sw;
+    *v2 = sww;
+}
+
+/* Median absolute deviation from c of sorted v[0..n): walk outwards from c
+ * merging the two increasing runs of deviations. */
+static double sorted_mad(const double *v, int n, double c)
+{
+    int right = 0;
+    while (right < n && v[right] < c) right++;
+    int left = right - 1;
+    const int k_lo = (n - 1) / 2, k_hi = n / 2;
+    double d_lo = 0.0, d = 0.0;
+    for (int t = 0; t <= k_hi; t++) {
+        const double dl = left >= 0 ? c - v[left] : INFINITY;
+        const double dr = right < n ? v[right] - c : INFINITY;
+        if (dl <= dr) {
+            d = dl;
+            left--;
+        } else {
+            d = dr;
+            right++;
+        }
+        if (t == k_lo) d_lo = d;
+    }
+    return (d_lo + d) / 2.0;
+}
+
+static double unweighted_mean(const double *v, int n)
+{
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += v[i];
+    return s / n;
+}
+
+/* Centre and spread of the current survivors v[0..n), n >= 1. */
+static void centre_and_spread(const md_params *p, const double *v, int n, double *c, double *s)
+{
+    *c = p->centre == MD_CENTRE_MEAN ? unweighted_mean(v, n) : md_sorted_median(v, n);
+    if (p->method == MD_CCDCLIP) {
+        const double signal = *c > 0.0 ? *c : 0.0;
+        *s = sqrt(p->rdnoise * p->rdnoise + p->gain * signal) / p->gain;
+    } else if (p->spread == MD_SPREAD_STD) {
+        double ss = 0.0;
+        const double m = p->centre == MD_CENTRE_MEAN ? *c : unweighted_mean(v, n);
+        for (int i = 0; i < n; i++) ss += (v[i] - m) * (v[i] - m);
+        *s = n >= 2 ? sqrt(ss / (n - 1)) : 0.0;
+    } else {
+        *s = MD_MAD_TO_SIGMA * sorted_mad(v, n, *c);
+    }
+    if (*s < p->sigma_floor) *s = p->sigma_floor;
+}
+
+/* Iterative clipping: returns the surviving run [*lo, *hi).  Stops when a
+ * pass rejects nothing, after maxiters passes, or before a pass that would
+ * reject every value (the previous survivors are kept). */
+static void clip_iteratively(const md_params *p, const double *v, int n, int *lo, int *hi)
+{
+    int a = 0, b = n;
+    for (int it = 0; it < p->maxiters; it++) {
+        double c, s;
+        centre_and_spread(p, v + a, b - a, &c, &s);
+        const double low = c - p->low * s, high = c + p->high * s;
+        int na = a, nb = b;
+        while (na < nb && v[na] < low) na++;
+        while (nb > na && v[nb - 1] > high) nb--;
+        if ((na == a && nb == b) || na == nb) break;
+        a = na;
+        b = nb;
+    }
+    *lo = a;
+    *hi = b;
+}
+
+/* Weighted mean of the run [lo, hi) and the variance of the result. */
+static md_pixel mean_of_run(const md_params *p, const double *v, const double *wt, int n, int lo,
+                            int hi)
+{
+    md_pixel r = {p->fill, NAN, hi - lo, n - (hi - lo)};
+    if (hi <= lo) return r;
+    double s2, v1, v2, m_all, v1_all, v2_all;
+    weighted_moments(v + lo, wt ? wt + lo : NULL, hi - lo, &r.value, &s2, &v1, &v2);
+    if (hi - lo < 2) weighted_moments(v, wt, n, &m_all, &s2, &v1_all, &v2_all);
+    r.variance = p->var_factor[n] * s2 * v2 / (v1 * v1);
+    return r;
+}
+
+/* Drop e = fclip * n values at each end: the mean of the run trimmed by
+ * floor(e), moved towards the run trimmed by ceil(e) by the fraction of e;
+ * npix = n - floor(e) - ceil(e) (numina's count). */
+static md_pixel quantile_clip(const md_params *p, const double *v, const double *wt, int n)
+{
+    const double e = p->fclip * n;
+    const int k0 = (int)floor(e), k1 = (int)ceil(e);
+    md_pixel r = mean_of_run(p, v, wt, n, k0, n - k0);
+    if (k1 == k0 || n - 2 * k1 <= 0) return r;
+    const md_pixel r1 = mean_of_run(p, v, wt, n, k1, n - k1);
+    r.value += (e - k0) * (r1.value - r.value);
+    r.npix = n - k0 - k1;
+    r.nrejected = k0 + k1;
+    return r;
+}
+
+md_pixel md_reduce_sorted(const md_params *p, const double *v, const double *wt, int n)
+{
+    int lo = 0, hi = n;
+    switch (p->method) {
+    case MD_QUANTILECLIP: return quantile_clip(p, v, wt, n);
+    case MD_MINMAX:
+        lo = p->nlow < n ? p->nlow : n;
+        hi = n - p->nhigh > lo ? n - p->nhigh : lo;
+        break;
+    case MD_SIGCLIP:
+    case MD_CCDCLIP:
+        if (n > 0) clip_iteratively(p, v, n, &lo, &hi);
+        break;
+    default: break;
+    }
+    return mean_of_run(p, v, wt, n, lo, hi);
+}

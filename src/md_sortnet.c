@@ -1,0 +1,145 @@
+/*
+ * md_sortnet.c -- sorting networks applied across the columns of a tile
+ * (one compare-exchange works on w pixels at once, so it vectorises), and a
+ * scalar sort for pixels that need one.
+ */
+#include <stdlib.h>
+
+#include "md_internal.h"
+
+/*
+ * Batcher's odd-even merge sort for P = 2^k >= n inputs, keeping the
+ * comparators whose both ends are < n.  Padding the inputs with +inf at
+ * positions >= n makes every dropped comparator a no-op, so the kept ones
+ * sort n values.  Calls emit(i, j, ctx) for each comparator, i < j.
+ */
+static void batcher_pairs(int n, void (*emit)(int, int, void *), void *ctx)
+{
+    int P = 1;
+    while (P < n) P <<= 1;
+    for (int p = 1; p < P; p <<= 1)
+        for (int k = p; k >= 1; k >>= 1)
+            for (int j = k % p; j + k < P; j += 2 * k)
+                for (int i = 0; i < k && i + j + k < P; i++) {
+                    const int lo = i + j, hi = i + j + k;
+                    if (lo / (2 * p) == hi / (2 * p) && hi < n) emit(lo, hi, ctx);
+                }
+}
+
+static void count_pair(int i, int j, void *ctx)
+{
+    (void)i;
+    (void)j;
+    (*(int *)ctx)++;
+}
+
+static void store_pair(int i, int j, void *ctx)
+{
+    md_network *net = ctx;
+    net->a[net->ncomp] = i;
+    net->b[net->ncomp] = j;
+    net->ncomp++;
+}
+
+/* Keep only the comparators that can change the middle element(s). */
+static int prune_to_median(md_network *net, int n)
+{
+    unsigned char *needed = calloc((size_t)n, 1);
+    unsigned char *keep = calloc((size_t)(net->ncomp > 0 ? net->ncomp : 1), 1);
+    int status = MD_ERR_NOMEM;
+    if (!needed || !keep) goto done;
+    needed[(n - 1) / 2] = 1;
+    needed[n / 2] = 1;
+    for (int c = net->ncomp - 1; c >= 0; c--) {
+        if (needed[net->a[c]] || needed[net->b[c]]) {
+            keep[c] = 1;
+            needed[net->a[c]] = needed[net->b[c]] = 1;
+        }
+    }
+    int m = 0;
+    for (int c = 0; c < net->ncomp; c++) {
+        if (keep[c]) {
+            net->a[m] = net->a[c];
+            net->b[m] = net->b[c];
+            m++;
+        }
+    }
+    net->ncomp = m;
+    status = MD_OK;
+done:
+    free(needed);
+    free(keep);
+    return status;
+}
+
+int md_network_build(md_network *net, int n, int median_only)
+{
+    int count = 0;
+    net->ncomp = 0;
+    net->a = net->b = NULL;
+    batcher_pairs(n, count_pair, &count);
+    const size_t size = (size_t)(count > 0 ? count : 1) * sizeof(int);
+    net->a = malloc(size);
+    net->b = malloc(size);
+    if (!net->a || !net->b) {
+        md_network_free(net);
+        return MD_ERR_NOMEM;
+    }
+    batcher_pairs(n, store_pair, net);
+    if (median_only && n > 0) {
+        const int status = prune_to_median(net, n);
+        if (status != MD_OK) {
+            md_network_free(net);
+            return status;
+        }
+    }
+    return MD_OK;
+}
+
+void md_network_free(md_network *net)
+{
+    free(net->a);
+    free(net->b);
+    net->a = net->b = NULL;
+    net->ncomp = 0;
+}
+
+MD_HOT void md_network_apply(const md_network *net, double *const *rows, size_t w)
+{
+    for (int c = 0; c < net->ncomp; c++) {
+        double *restrict lo = rows[net->a[c]];
+        double *restrict hi = rows[net->b[c]];
+        for (size_t x = 0; x < w; x++) {
+            /* The min/max shapes the compiler maps to vector min/max. */
+            const double u = lo[x], v = hi[x];
+            lo[x] = u < v ? u : v;
+            hi[x] = v < u ? u : v;
+        }
+    }
+}
+
+/* One pass of insertion sort over elements g apart; wt follows v. */
+static void gapped_insertion(double *v, double *wt, size_t n, size_t g)
+{
+    for (size_t i = g; i < n; i++) {
+        const double x = v[i];
+        const double xw = wt ? wt[i] : 0.0;
+        size_t j = i;
+        for (; j >= g && v[j - g] > x; j -= g) {
+            v[j] = v[j - g];
+            if (wt) wt[j] = wt[j - g];
+        }
+        v[j] = x;
+        if (wt) wt[j] = xw;
+    }
+}
+
+/* Shell sort with Knuth's gaps (1, 4, 13, 40, ...); plain insertion sort
+ * for the small counts typical of a dark set. */
+void md_sort(double *v, double *wt, size_t n)
+{
+    size_t g = 1;
+    while (g < n / 3) g = 3 * g + 1;
+    for (; g > 1; g /= 3) gapped_insertion(v, wt, n, g);
+    gapped_insertion(v, wt, n, 1);
+}
