@@ -11,6 +11,8 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+from time import perf_counter
+
 import numpy as np
 
 cnp.import_array()
@@ -173,8 +175,8 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
     frames: list of N 2-D arrays of one shape (ny, nx), any supported dtype
     and byte order; bscale/bzero/blank: N numbers (blank: int or None);
     var_factor: float64 vector of N + 1 factors.  The work is split in chunks
-    of rows; between chunks pending signals are handled, so Ctrl-C raises
-    KeyboardInterrupt within one chunk's time.
+    of rows of about CHECK_INTERVAL seconds each; between chunks pending
+    signals are handled, so Ctrl-C raises KeyboardInterrupt within that time.
     """
     cdef Py_ssize_t n = len(frames), i
     if n < 1:
@@ -256,25 +258,41 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
         free(mask_images)
 
 
+# Target time between two checks for Ctrl-C (seconds).
+CHECK_INTERVAL = 0.05
+
+
 cdef int _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
               Py_ssize_t block_rows, Py_ssize_t rows_between_checks) except -1:
-    cdef size_t y = 0, y_end, ny = inp.ny
-    cdef size_t step
+    """Run the rows in chunks, handling signals between chunks.  Unless
+    rows_between_checks is given, a chunk's rows double or halve (down to one
+    row per thread) so a chunk takes about CHECK_INTERVAL, and the block size
+    of a short chunk shrinks so that every thread still gets rows (results do
+    not depend on either)."""
+    cdef size_t y = 0, y_end, ny = inp.ny, step, block
+    cdef size_t threads = nthreads if nthreads > 0 else md_default_threads()
     cdef int status = MD_OK
+    cdef double elapsed
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
     if nthreads < 0:
         raise ValueError(f"nthreads must be >= 0, got {nthreads}")
-    step = rows_between_checks if rows_between_checks > 0 else \
-        block_rows * 4 * (nthreads if nthreads > 0 else md_default_threads())
+    step = rows_between_checks if rows_between_checks > 0 else block_rows * threads
     while y < ny:
         y_end = y + step if y + step < ny else ny
+        block = min(<size_t>block_rows, (y_end - y + threads - 1) // threads)
+        elapsed = perf_counter()
         with nogil:
-            status = md_combine(inp, par, out, y, y_end, nthreads, block_rows)
+            status = md_combine(inp, par, out, y, y_end, nthreads, block)
         if status == MD_ERR_NOMEM:
             raise MemoryError(md_strerror(status).decode())
         if status != MD_OK:
             raise ValueError(md_strerror(status).decode())
         PyErr_CheckSignals()
         y = y_end
+        elapsed = perf_counter() - elapsed
+        if rows_between_checks <= 0 and elapsed < CHECK_INTERVAL / 2:
+            step *= 2
+        elif rows_between_checks <= 0 and elapsed > CHECK_INTERVAL and step > threads:
+            step = max(threads, step // 2)
     return 0

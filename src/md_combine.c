@@ -401,7 +401,10 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     int status = MD_OK;
 
 #ifdef _OPENMP
-    const int nt = nthreads > 0 ? nthreads : omp_get_max_threads();
+    /* No more threads than row blocks: idle threads only cost a wake-up,
+     * which on a busy machine can take longer than a small combination. */
+    int nt = nthreads > 0 ? nthreads : omp_get_max_threads();
+    if ((size_t)nt > nblocks) nt = (int)nblocks;
 #pragma omp parallel num_threads(nt)
 #endif
     {

@@ -65,7 +65,8 @@ void md_network_free(md_network *net);
  */
 void md_network_apply(const md_network *net, double *const *rows, size_t w);
 
-/* Sort v[0..n) ascending; wt (may be NULL) is permuted alongside. */
+/* Sort v[0..n) ascending; wt (may be NULL) is permuted alongside, and
+ * equal values are then ordered by ascending weight. */
 void md_sort(double *v, double *wt, size_t n);
 
 /* ---- md_reduce.c: rejection methods on one pixel ---------------------- */

@@ -118,14 +118,17 @@ MD_HOT void md_network_apply(const md_network *net, double *const *rows, size_t 
     }
 }
 
-/* One pass of insertion sort over elements g apart; wt follows v. */
+/* One pass of insertion sort over elements g apart; wt follows v, and equal
+ * values are ordered by weight (Shell sort is not stable, so this is what
+ * makes the order, and which tied value minmax drops, depend on the
+ * (value, weight) pairs only). */
 static void gapped_insertion(double *v, double *wt, size_t n, size_t g)
 {
     for (size_t i = g; i < n; i++) {
         const double x = v[i];
         const double xw = wt ? wt[i] : 0.0;
         size_t j = i;
-        for (; j >= g && v[j - g] > x; j -= g) {
+        for (; j >= g && (v[j - g] > x || (wt && v[j - g] == x && wt[j - g] > xw)); j -= g) {
             v[j] = v[j - g];
             if (wt) wt[j] = wt[j - g];
         }
