@@ -51,11 +51,14 @@ Methods:
     ``gain`` in e-/ADU and ``rdnoise`` in e-), so a few frames suffice; the
     data must be in ADU above the bias;
 ``minmax``
-    drop the ``nlow`` lowest and ``nhigh`` highest good values, mean of the rest;
+    drop the ``nlow`` lowest and ``nhigh`` highest good values, mean of the rest
+    (among equal values the one with the smaller weight counts as lower, here
+    and in ``quantileclip``, so the result does not depend on the frame order);
 ``quantileclip``
     drop ``e = fclip * n`` good values at each end: the mean trimmed by
     ``floor(e)`` moved towards the mean trimmed by ``ceil(e)`` by the fraction
-    of ``e``; ``npix = n - floor(e) - ceil(e)``.
+    of ``e``; ``npix = n - floor(e) - ceil(e)`` (when the ``ceil(e)`` trim would
+    leave nothing: the ``floor(e)``-trimmed mean, ``npix = n - 2 floor(e)``).
 
 Results are bit-identical for any ``nthreads`` and ``block_rows``.
 """
@@ -235,12 +238,17 @@ def _as_frames(frames) -> list[np.ndarray]:
             raise ValueError(f"frame {i}: shape {f.shape} differs from frame 0's {shape0}")
         if f.size == 0:
             raise ValueError(f"frame {i}: empty image of shape {f.shape}")
-        if not _core.dtype_supported(f.dtype) or f.dtype.kind == "b":
+        if not _readable(f.dtype):
             raise TypeError(
                 f"frame {i}: dtype {f.dtype} is not supported; use one of "
                 f"{', '.join(SUPPORTED_DTYPES)} (either byte order)"
             )
     return frames
+
+
+def _readable(dtype) -> bool:
+    """True for the image dtypes the core reads as numbers (either byte order)."""
+    return dtype.newbyteorder("=").name in SUPPORTED_DTYPES
 
 
 def _finite(value, name: str) -> float:
@@ -339,6 +347,8 @@ def _blanks(blank, frames) -> list:
             raise ValueError(f"frame {i}: BLANK applies to integer data, not {f.dtype}")
         if b is not None and not isinstance(b, numbers.Integral):
             raise ValueError(f"frame {i}: BLANK must be an integer, got {b!r}")
+        if b is not None and not np.iinfo(f.dtype).min <= b <= np.iinfo(f.dtype).max:
+            raise ValueError(f"frame {i}: BLANK {b} is outside the range of {f.dtype}")
     return [None if b is None else int(b) for b in values]
 
 
@@ -406,7 +416,7 @@ def _bias(bias, shape):
     bias = np.asarray(bias)
     if bias.shape != shape:
         raise ValueError(f"bias: shape {bias.shape} differs from the frames' {shape}")
-    if not _core.dtype_supported(bias.dtype) or bias.dtype.kind == "b":
+    if not _readable(bias.dtype):
         raise TypeError(f"bias: dtype {bias.dtype} is not supported")
     return bias
 
@@ -417,6 +427,9 @@ def _row_offsets(row_offsets, n, ny):
     r = np.ascontiguousarray(row_offsets, dtype=np.float64)
     if r.shape != (n, ny):
         raise ValueError(f"row_offsets must have shape (frames, rows) = {(n, ny)}, got {r.shape}")
+    if not np.all(np.isfinite(r)):
+        i, y = np.argwhere(~np.isfinite(r))[0]
+        raise ValueError(f"row_offsets must be finite; frame {i}, row {y} is {r[i, y]}")
     return r
 
 
@@ -437,3 +450,30 @@ def _outputs(out, shape, n, dtype) -> CombineResult:
         if plane.shape != shape:
             raise ValueError(f"out.{name}: shape {plane.shape} differs from the frames' {shape}")
     return out
+
+
+# ---- numina-compatible API (numina.array.combine and numina.array._combine) ----
+# Last in this module: it shadows the builtin sum here (numina's name), and
+# numina_compat imports this module's checks.
+from .numina_compat import (  # noqa: E402, F401
+    CombineError,
+    CombineMethod,
+    debug_method,
+    flatcombine,
+    generic_combine,
+    generic_combine_1iter,
+    generic_combine_miter,
+    mean,
+    mean_method,
+    median,
+    median_method,
+    minmax,
+    minmax_method,
+    quantileclip,
+    quantileclip_method,
+    sigmaclip,
+    sigmaclip_method,
+    sum,
+    sum_method,
+    zerocombine,
+)

@@ -26,6 +26,7 @@ import numpy as np
 from . import _core
 
 # n * Var(median of n N(0, 1) values), n = 1..100 (tools/median_efficiency.py).
+# fmt: off
 MEDIAN_EFFICIENCY = (
     1.000000, 1.000000, 1.346013, 1.192799, 1.434168,
     1.288456, 1.473128, 1.345447, 1.494912, 1.383265,
@@ -47,7 +48,8 @@ MEDIAN_EFFICIENCY = (
     1.545331, 1.563031, 1.545899, 1.563206, 1.546443,
     1.563373, 1.546964, 1.563533, 1.547463, 1.563686,
     1.547942, 1.563833, 1.548402, 1.563974, 1.548844,
-)  # fmt: skip
+)
+# fmt: on
 
 # Beyond the table: pi/2 - c/n, with c fitted at n = 99 (odd) and n = 100 (even).
 _ODD_TAIL = (math.pi / 2 - MEDIAN_EFFICIENCY[98]) * 99
