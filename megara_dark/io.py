@@ -1,0 +1,426 @@
+"""FITS input and product output: header inspection, raw memory maps, atomic writes.
+
+Inputs are inspected from their headers only (no pixel read), every structural
+problem becomes an error naming the file; the pixels are then memory-mapped
+read-only as raw integers (BZERO/BSCALE are applied by the C core).  Products
+are written to temporary files in the target folder and renamed into place
+only when every product of the run has been written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import InputFileError, OutputError, ValidationError
+
+FITS_BLOCK = 2880
+# BITPIX -> big-endian raw dtype of the data array.
+BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class FitsImage:
+    """A 2-D FITS image, described from its headers.
+
+    ``shape`` is (NAXIS2, NAXIS1) = (rows, columns); ``raw_dtype`` is the
+    big-endian type of the stored values; physical = bscale * raw + bzero;
+    ``data_offset`` is the byte offset of the data, None when the file is
+    compressed (its pixels are decompressed into memory).
+    """
+
+    path: Path
+    header: fits.Header
+    primary_header: fits.Header
+    hdu: int
+    shape: tuple[int, int]
+    raw_dtype: np.dtype
+    bzero: float
+    bscale: float
+    blank: int | None
+    data_offset: int | None
+
+    @property
+    def compressed(self) -> bool:
+        return self.data_offset is None
+
+
+def _file_problem(path: Path, message: str) -> ValidationError:
+    return ValidationError([f"{path}: {message}"])
+
+
+def check_readable_file(path: Path) -> os.stat_result:
+    """The stat of an existing, readable regular file, else InputFileError."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputFileError("no such file", path) from None
+    except OSError as exc:
+        raise InputFileError(f"cannot be read: {exc.strerror}", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputFileError("is a directory, not a FITS file", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputFileError("is not a regular file (FIFO, socket or device)", path)
+    if not os.access(path, os.R_OK):
+        raise InputFileError("cannot be read: permission denied", path)
+    return st
+
+
+def inspect_fits(path: str | Path, *, hdu: int | str | None = None) -> FitsImage:
+    """Describe the 2-D image of a FITS file from its headers (no pixel is read).
+
+    The image is the primary HDU when it holds data, else the only image
+    extension (or the extension named/numbered by ``hdu``); a tile-compressed
+    image (``.fz``) is accepted.  Raises InputFileError when the file cannot
+    be read, ValidationError when it is not a usable FITS image.
+    """
+    path = Path(path)
+    st = check_readable_file(path)
+    if st.st_size == 0:
+        raise _file_problem(path, "is empty (0 bytes)")
+    with open(path, "rb") as f:
+        magic = f.read(80)
+    if magic.startswith(GZIP_MAGIC):
+        return _inspect_with_astropy(path, hdu)
+    if not magic.startswith(b"SIMPLE  =") or magic[29:30] != b"T":
+        raise _file_problem(path, "is not a FITS file (it does not start with SIMPLE = T)")
+    headers = _read_headers(path, st.st_size)
+    index = _choose_image_hdu(path, headers, hdu)
+    header, offset = headers[index]
+    if header.get("ZIMAGE", False) is True:
+        return _inspect_with_astropy(path, index)
+    return _describe(path, header, headers[0][0], index, offset, st.st_size)
+
+
+def _read_headers(path: Path, size: int) -> list[tuple[fits.Header, int]]:
+    """Every HDU's header and its data offset, checking that the data fit the file.
+
+    Blocks of zeros or blanks after the last HDU (padding some writers add)
+    are accepted; anything else that does not parse is a corrupt header.
+    """
+    headers = []
+    with open(path, "rb") as f:
+        while f.tell() < size:
+            start = f.tell()
+            if headers and not f.read(FITS_BLOCK).strip(b"\0 "):
+                continue  # a padding block
+            f.seek(start)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # non-standard cards are not our concern
+                    header = fits.Header.fromfile(f, padding=True)
+            except Exception as exc:  # astropy raises OSError, ValueError, ...
+                problem = f"corrupt FITS header in HDU {len(headers)}: {exc}"
+                raise _file_problem(path, problem) from None
+            offset = f.tell()
+            if offset % FITS_BLOCK:
+                raise _file_problem(path, f"HDU {len(headers)} header is not padded to 2880 bytes")
+            nbytes = _data_bytes(path, header, len(headers))
+            if offset + nbytes > size:
+                raise _file_problem(
+                    path,
+                    f"is truncated: HDU {len(headers)} needs {nbytes} bytes of data after "
+                    f"byte {offset}, the file has {size - offset}",
+                )
+            headers.append((header, offset))
+            f.seek(min(size, offset + -(-nbytes // FITS_BLOCK) * FITS_BLOCK))
+    return headers
+
+
+def _data_bytes(path: Path, header: fits.Header, index: int) -> int:
+    """Size in bytes of an HDU's data, from BITPIX, NAXISn, PCOUNT and GCOUNT."""
+    bitpix = header.get("BITPIX")
+    if bitpix not in BITPIX_DTYPES:
+        raise _file_problem(path, f"HDU {index} has an invalid BITPIX {bitpix!r}")
+    naxis = header.get("NAXIS")
+    if not isinstance(naxis, int) or not 0 <= naxis <= 999:
+        raise _file_problem(path, f"HDU {index} has an invalid NAXIS {naxis!r}")
+    if naxis == 0:
+        return 0
+    sizes = [header.get(f"NAXIS{k}") for k in range(1, naxis + 1)]
+    if any(not isinstance(s, int) or s < 0 for s in sizes):
+        raise _file_problem(path, f"HDU {index} has invalid NAXISn values {sizes}")
+    count = int(np.prod(sizes, dtype=np.int64))
+    pcount, gcount = header.get("PCOUNT", 0), header.get("GCOUNT", 1)
+    return abs(bitpix) // 8 * gcount * (pcount + count)
+
+
+def _is_image(header: fits.Header) -> bool:
+    if header.get("ZIMAGE", False) is True:
+        return True
+    xtension = header.get("XTENSION", "IMAGE")  # the primary HDU has none
+    return str(xtension).strip() == "IMAGE" and header.get("NAXIS", 0) > 0
+
+
+def _choose_image_hdu(path: Path, headers, hdu) -> int:
+    if hdu is not None:
+        for i, (h, _) in enumerate(headers):
+            if hdu == i or (
+                isinstance(hdu, str) and str(h.get("EXTNAME", "")).upper() == hdu.upper()
+            ):
+                return i
+        raise _file_problem(path, f"has no HDU {hdu!r}")
+    if headers[0][0].get("NAXIS", 0) > 0:
+        return 0
+    images = [i for i, (h, _) in enumerate(headers) if i > 0 and _is_image(h)]
+    if not images:
+        raise _file_problem(path, "holds no image (every HDU is empty or a table)")
+    if len(images) > 1:
+        names = [str(headers[i][0].get("EXTNAME", i)) for i in images]
+        raise _file_problem(
+            path, f"holds {len(images)} images ({', '.join(names)}): name the HDU to use"
+        )
+    return images[0]
+
+
+def _describe(path, header, primary_header, index, offset, size=None) -> FitsImage:
+    naxis = header.get("NAXIS")
+    if naxis != 2:
+        dims = [header.get(f"NAXIS{k}") for k in range(1, (naxis or 0) + 1)]
+        raise _file_problem(
+            path, f"image HDU {index} has NAXIS={naxis} {dims}; a 2-D image is needed"
+        )
+    bitpix = header["BITPIX"]
+    bscale, bzero = header.get("BSCALE", 1.0), header.get("BZERO", 0.0)
+    for key, value in (("BSCALE", bscale), ("BZERO", bzero)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+            raise _file_problem(path, f"{key} must be a finite number, got {value!r}")
+    if bscale == 0:
+        raise _file_problem(path, "BSCALE is 0")
+    blank = header.get("BLANK")
+    if blank is not None and (bitpix < 0 or not isinstance(blank, int)):
+        blank = None  # BLANK has no meaning for float data (NaN marks undefined values)
+    return FitsImage(
+        path=path,
+        header=header,
+        primary_header=primary_header,
+        hdu=index,
+        shape=(header["NAXIS2"], header["NAXIS1"]),
+        raw_dtype=np.dtype(BITPIX_DTYPES[bitpix]),
+        bzero=float(bzero),
+        bscale=float(bscale),
+        blank=blank,
+        data_offset=offset,
+    )
+
+
+def _inspect_with_astropy(path: Path, hdu) -> FitsImage:
+    """gzip-compressed files and tile-compressed images: astropy decompresses."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # astropy only warns on truncated archives
+            with fits.open(path, do_not_scale_image_data=True) as hdul:
+                hdul.verify("exception")
+                headers = [(h.header.copy(), 0) for h in hdul]
+                index = _choose_image_hdu(path, headers, hdu)
+                image = hdul[index]
+                header = image.header.copy()
+                shape = image.data.shape if image.data is not None else ()
+    except ValidationError:
+        raise
+    except Exception as exc:
+        raise _file_problem(path, f"cannot be decompressed or parsed: {exc}") from None
+    if len(shape) != 2:
+        raise _file_problem(path, f"image HDU {index} has shape {shape}; a 2-D image is needed")
+    return _describe(path, header, headers[0][0], index, None)
+
+
+def read_raw(image: FitsImage) -> np.ndarray:
+    """The stored (unscaled) values of an image, shape ``image.shape``.
+
+    Uncompressed files are memory-mapped read-only (nothing is read until the
+    core touches it); compressed ones are decompressed into memory.
+    """
+    if not image.compressed:
+        return np.memmap(
+            image.path, dtype=image.raw_dtype, mode="r", offset=image.data_offset, shape=image.shape
+        )
+    with fits.open(image.path, do_not_scale_image_data=True) as hdul:
+        data = hdul[image.hdu].data
+        if image.bzero != 0 or image.bscale != 1:  # tile-compressed data arrive scaled
+            return np.asarray(data, dtype=np.float64)
+        return np.array(data)
+
+
+def verify_checksums(image: FitsImage) -> list[str]:
+    """Problems with the CHECKSUM/DATASUM cards of an image (reads its pixels).
+
+    Returns an empty list when both match or are absent.
+    """
+    if "CHECKSUM" not in image.header and "DATASUM" not in image.header:
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fits.open(image.path, checksum=True, do_not_scale_image_data=True) as hdul:
+            _ = hdul[image.hdu].data
+    return [f"{image.path}: {w.message}" for w in caught if "verification failed" in str(w.message)]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes (hashlib releases the GIL while hashing)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- outputs ------------------------------------------------------------------
+
+
+def check_output_folder(folder: str | Path) -> Path:
+    """Create the folder if needed and prove it writable by writing a temp file there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".megara_dark-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output folder is not writable: {exc.strerror or exc}", folder) from None
+    return folder
+
+
+def check_not_an_input(output: Path, inputs: list[Path]) -> None:
+    """Refuse an output path that is (or links to) one of the inputs."""
+    out_real = os.path.realpath(output)
+    for path in inputs:
+        same = out_real == os.path.realpath(path)
+        if not same and output.exists():
+            try:
+                same = os.path.samefile(output, path)
+            except OSError:
+                same = False
+        if same:
+            raise OutputError(f"would overwrite the input {path}; choose another output", output)
+
+
+class StagedOutputs:
+    """Products written to temp files in their folders, renamed into place together.
+
+    ``stage(path)`` returns the temp path to write; ``commit()`` renames every
+    staged file onto its target; leaving the ``with`` block without commit
+    (an error, Ctrl-C) removes the temp files and leaves old products intact.
+    """
+
+    def __init__(self, overwrite: bool = False):
+        self.overwrite = overwrite
+        self._staged: list[tuple[Path, Path]] = []
+
+    def check_target(self, path: Path) -> None:
+        if path.exists() and not self.overwrite:
+            raise OutputError("exists already (use overwrite to replace it)", path)
+
+    def stage(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.check_target(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        self._staged.append((Path(tmp), path))
+        return Path(tmp)
+
+    def commit(self) -> None:
+        for _, path in self._staged:
+            self.check_target(path)
+        for tmp, path in self._staged:
+            os.replace(tmp, path)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+    def __enter__(self) -> StagedOutputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing a product into an OutputError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot be written: {exc.strerror or exc}", path) from exc
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk (so a rename never exposes a short file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- observation results ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObservationResult:
+    """A numina observation result: id, instrument, mode, frame paths and the
+    master bias named under ``requirements`` (None when absent)."""
+
+    id: str
+    instrument: str
+    mode: str
+    frames: list[Path]
+    master_bias: Path | None
+
+
+def read_obresult(path: str | Path, *, mode: str) -> ObservationResult:
+    """Read a numina observation-result YAML file (one document).
+
+    Frame paths (and ``requirements: master_bias``) are relative to the YAML
+    file's folder unless absolute.  The instrument must be MEGARA and the mode
+    ``mode``; every problem is a ValidationError naming the file.
+    """
+    import yaml  # imported here: only observation results need it
+
+    path = Path(path)
+    check_readable_file(path)
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise _file_problem(path, f"is not valid YAML: {exc}") from None
+    if len(documents) != 1 or not isinstance(documents[0], dict):
+        raise _file_problem(path, f"must hold one observation result, found {len(documents)}")
+    doc = documents[0]
+    problems = []
+    for key in ("id", "instrument", "mode"):
+        if key not in doc:
+            problems.append(f"{path}: '{key}' is missing")
+    frames = doc.get("frames", doc.get("images"))
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames):
+        problems.append(f"{path}: 'frames' must be a non-empty list of file names")
+    if str(doc.get("instrument", "MEGARA")).upper() != "MEGARA":
+        problems.append(f"{path}: instrument is {doc['instrument']!r}, not 'MEGARA'")
+    if doc.get("mode", mode) != mode:
+        problems.append(f"{path}: mode is {doc['mode']!r}, not {mode!r}")
+    requirements = doc.get("requirements") or {}
+    if not isinstance(requirements, dict):
+        problems.append(f"{path}: 'requirements' must be a mapping")
+        requirements = {}
+    if problems:
+        raise ValidationError(problems)
+    bias = requirements.get("master_bias")
+    return ObservationResult(
+        id=str(doc["id"]),
+        instrument=str(doc["instrument"]),
+        mode=str(doc["mode"]),
+        frames=[path.parent / f for f in frames],
+        master_bias=None if bias is None else path.parent / str(bias),
+    )

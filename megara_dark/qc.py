@@ -1,0 +1,205 @@
+"""Quality control of a dark set and its master dark: statistics, frame gate, flag.
+
+Statistics of the master dark (ADU, or ADU/s in rate mode):
+median, mean, robust sigma (1.4826 x MAD about the median), dark current
+(ADU/s and, with the gain, e-/pixel/hour), hot pixels (above median +
+``hot_sigma`` x robust sigma), the fraction of pixels combined from fewer than
+all frames (npix < N), and the count of pixels with no value (NaN).
+
+Each input frame gets its own statistics (on a regular subsample of its
+trimmed, overscan- and bias-corrected pixels) and passes a gate; a frame fails
+with a reason when it is constant (readout failure), saturated, or its median
+lies far from the other frames' (a light leak, a wrong exposure).
+
+The flag is ``GOOD``, ``PARTIAL`` or ``BAD``; every threshold that moved it
+away from GOOD is listed in ``reasons``.  Thresholds are in
+:class:`QCThresholds` (documented there, configurable per run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+MAD_TO_SIGMA = 1.482602218505602
+GOOD, PARTIAL, BAD = "GOOD", "PARTIAL", "BAD"
+
+
+@dataclass(frozen=True)
+class QCThresholds:
+    """Limits that decide the QC flag (all configurable).
+
+    hot_sigma: a hot pixel is above median + hot_sigma x robust sigma.
+    frame_outlier_sigma, frame_outlier_min_adu: a frame fails when its median
+        dark signal differs from the set's median of medians by more than
+        frame_outlier_sigma robust scatters of the medians and by more than
+        frame_outlier_min_adu (ADU).
+    frame_saturated_fraction: a frame with more than this fraction of pixels
+        at or above ``saturation_adu`` fails (raw ADU).
+    partial_frames_fraction / bad_frames_fraction: fraction of frames failing
+        the gate that makes the flag PARTIAL (more than 0) / BAD.
+    min_frames: fewer frames combined than this is PARTIAL.
+    partial_npix_fraction / bad_npix_fraction: fraction of pixels combined
+        from fewer than all frames that makes the flag PARTIAL / BAD.
+    partial_nan_fraction / bad_nan_fraction: the same for pixels with no value.
+    partial_hot_fraction / bad_hot_fraction: the same for hot pixels.
+    max_dark_e_per_hour: a median dark current above this (e-/pixel/hour)
+        is BAD (light leak, shutter open); None disables the check.
+    """
+
+    hot_sigma: float = 5.0
+    frame_outlier_sigma: float = 10.0
+    frame_outlier_min_adu: float = 1.0
+    saturation_adu: float = 65535.0
+    frame_saturated_fraction: float = 0.01
+    bad_frames_fraction: float = 0.5
+    min_frames: int = 3
+    partial_npix_fraction: float = 0.01
+    bad_npix_fraction: float = 0.25
+    partial_nan_fraction: float = 1e-4
+    bad_nan_fraction: float = 0.01
+    partial_hot_fraction: float = 0.001
+    bad_hot_fraction: float = 0.05
+    max_dark_e_per_hour: float | None = 100.0
+
+
+@dataclass
+class FrameStats:
+    """One input frame: statistics of a subsample of its corrected pixels (ADU)."""
+
+    path: str
+    median: float
+    robust_sigma: float
+    saturated_fraction: float
+    passed: bool = True
+    reason: str = ""
+
+
+@dataclass
+class QCResult:
+    """The flag, why, and the statistics it was decided from."""
+
+    flag: str
+    reasons: list[str]
+    stats: dict
+    frames: list[FrameStats] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "flag": self.flag,
+            "reasons": list(self.reasons),
+            "stats": dict(self.stats),
+            "frames": [asdict(f) for f in self.frames],
+        }
+
+
+def robust_stats(values: np.ndarray) -> tuple[float, float]:
+    """Median and 1.4826 x MAD of the finite values (NaN, NaN if there are none)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    median = float(np.median(v))
+    return median, float(MAD_TO_SIGMA * np.median(np.abs(v - median)))
+
+
+def frame_stats(
+    path: str, corrected: np.ndarray, raw_physical_max: np.ndarray, saturation_adu: float
+) -> FrameStats:
+    """Statistics of one frame from a subsample: corrected values (ADU above
+    bias) and the physical raw values of the same pixels (for saturation)."""
+    median, sigma = robust_stats(corrected)
+    saturated = float(np.mean(raw_physical_max >= saturation_adu)) if raw_physical_max.size else 0.0
+    return FrameStats(path, median, sigma, saturated)
+
+
+def gate_frames(frames: list[FrameStats], thresholds: QCThresholds) -> None:
+    """Mark the frames that fail the gate (passed=False, with a reason)."""
+    medians = np.array([f.median for f in frames])
+    centre = float(np.median(medians))
+    scatter = MAD_TO_SIGMA * float(np.median(np.abs(medians - centre)))
+    limit = max(thresholds.frame_outlier_sigma * scatter, thresholds.frame_outlier_min_adu)
+    for f in frames:
+        if f.robust_sigma == 0:
+            f.passed = False
+            f.reason = "constant frame (every sampled pixel equal): readout failure"
+        elif f.saturated_fraction > thresholds.frame_saturated_fraction:
+            f.passed = False
+            f.reason = f"{100 * f.saturated_fraction:.1f}% of pixels saturated"
+        elif abs(f.median - centre) > limit:
+            side = "above" if f.median > centre else "below"
+            f.passed = False
+            f.reason = (
+                f"median {f.median:.3f} ADU is {abs(f.median - centre):.3f} ADU {side} the "
+                f"set's {centre:.3f} (limit {limit:.3f}): "
+                + ("light leak or wrong exposure?" if side == "above" else "wrong exposure?")
+            )
+
+
+def master_stats(
+    data, npix, nframes: int, exptime: float, unit: str, gains, thresholds, sample_step: int = 3
+) -> dict:
+    """Statistics of the master dark planes (see the module doc).
+
+    data: (ny, nx) master dark in ``unit`` ("ADU" or "ADU/s"); npix: frames
+    used per pixel; exptime: the set's exposure time (s); gains: e-/ADU of the
+    two amplifiers (top and bottom halves of the rows), or None.
+    Median and robust sigma come from every ``sample_step``-th pixel.
+    """
+    flat = data.reshape(-1)
+    median, sigma = robust_stats(flat[::sample_step])
+    finite = np.isfinite(flat)
+    nan_count = int(flat.size - np.count_nonzero(finite))
+    hot = int(np.count_nonzero(flat[finite] > median + thresholds.hot_sigma * sigma))
+    rate = median if unit == "ADU/s" else median / exptime
+    stats = {
+        "unit": unit,
+        "median": median,
+        "mean": float(np.mean(flat[finite])) if nan_count < flat.size else float("nan"),
+        "robust_sigma": sigma,
+        "dark_current_adu_per_s": rate,
+        "hot_pixels": hot,
+        "hot_fraction": hot / flat.size,
+        "partial_fraction": float(np.count_nonzero(npix < nframes)) / npix.size,
+        "nan_count": nan_count,
+        "nan_fraction": nan_count / flat.size,
+    }
+    if gains is not None:
+        stats["gain_e_per_adu"] = [float(g) for g in gains]
+        stats["dark_current_e_per_pixel_per_hour"] = rate * float(np.mean(gains)) * 3600.0
+    return stats
+
+
+def decide(stats: dict, frames: list[FrameStats], ncombined: int, thresholds: QCThresholds):
+    """The QC flag and its reasons from the statistics and the frame gate."""
+    bad, partial = [], []
+    failed = [f for f in frames if not f.passed]
+    if frames and len(failed) / len(frames) > thresholds.bad_frames_fraction:
+        bad.append(f"{len(failed)} of {len(frames)} frames failed the gate")
+    elif failed:
+        partial.append(f"{len(failed)} of {len(frames)} frames failed the gate and were left out")
+    if ncombined < thresholds.min_frames:
+        partial.append(f"only {ncombined} frames combined (minimum {thresholds.min_frames})")
+    t = thresholds
+    fractions = (
+        ("pixels with no value", stats["nan_fraction"], t.partial_nan_fraction, t.bad_nan_fraction),
+        (
+            "pixels combined from fewer frames",
+            stats["partial_fraction"],
+            t.partial_npix_fraction,
+            t.bad_npix_fraction,
+        ),
+        ("hot pixels", stats["hot_fraction"], t.partial_hot_fraction, t.bad_hot_fraction),
+    )
+    for label, value, partial_limit, bad_limit in fractions:
+        if value > bad_limit:
+            bad.append(f"{100 * value:.3g}% {label} (BAD above {100 * bad_limit:g}%)")
+        elif value > partial_limit:
+            partial.append(f"{100 * value:.3g}% {label} (PARTIAL above {100 * partial_limit:g}%)")
+    e_per_hour = stats.get("dark_current_e_per_pixel_per_hour")
+    limit = thresholds.max_dark_e_per_hour
+    if limit is not None and e_per_hour is not None and e_per_hour > limit:
+        bad.append(f"dark current {e_per_hour:.3g} e-/pixel/hour above {limit:g}: light leak?")
+    if bad:
+        return BAD, bad + partial
+    return (PARTIAL, partial) if partial else (GOOD, [])
