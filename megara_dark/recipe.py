@@ -122,6 +122,8 @@ class DarkRecipe:
         CHECKSUM/DATASUM mismatches are errors instead of warnings.
     name : str
         Base name of the products (``name.fits``, ``.log``, ``.json``).
+    geometry : detector.Geometry
+        The detector layout (MEGARA 1x1; smaller ones for tests).
     echo : callable, optional
         Receives each log line as it happens (progress display).
     """
@@ -146,6 +148,7 @@ class DarkRecipe:
         exptime_tolerance=0.01,
         strict=False,
         name="master_dark",
+        geometry=detector.MEGARA,
         echo=None,
     ):
         if unit not in UNITS:
@@ -157,7 +160,8 @@ class DarkRecipe:
         self.nthreads = nthreads
         self.thresholds = qc_thresholds or qc.QCThresholds()
         self.overwrite = overwrite
-        self.options = SetOptions(unit, exptime_tolerance, allow_single)
+        self.geometry = geometry
+        self.options = SetOptions(unit, exptime_tolerance, allow_single, geometry)
         self.strict = strict
         self.name = name
         self.echo = echo
@@ -235,7 +239,9 @@ class DarkRecipe:
         bias = _physical(dark_set.bias, read_raw(dark_set.bias))
         with log.step("overscan"):
             overscan = [
-                detector.overscan_offsets(raw, bzero=f.bzero, bscale=f.bscale, name=str(f.path))
+                detector.overscan_offsets(
+                    raw, bzero=f.bzero, bscale=f.bscale, geometry=self.geometry, name=str(f.path)
+                )
                 if dark_set.layout == "raw"
                 else None
                 for raw, f in zip(raws, dark_set.frames, strict=True)
@@ -259,7 +265,7 @@ class DarkRecipe:
     def _frame_stats(self, image: FitsImage, raw, model, bias) -> qc.FrameStats:
         step = FRAME_SAMPLE_STEP
         pieces, raw_values = [], []
-        for rows, view in _amplifier_pieces(raw):
+        for rows, view in _amplifier_pieces(raw, self.geometry):
             sample = view[::step, ::step].astype(np.float64) * image.bscale + image.bzero
             raw_values.append(sample.ravel())
             offsets = model.offsets[rows][::step, None] if model is not None else 0.0
@@ -272,7 +278,7 @@ class DarkRecipe:
         )
 
     def _combine(self, dark_set, raws, overscan, bias, used, log) -> CombineResult:
-        shape = detector.MEGARA.trimmed_shape
+        shape = self.geometry.trimmed_shape
         n = len(used)
         out = CombineResult(
             data=np.empty(shape, np.float32),
@@ -282,7 +288,7 @@ class DarkRecipe:
         )
         frames = [dark_set.frames[i] for i in used]
         scales = [dark_set.exptimes[i] for i in used] if self.unit == "rate" else None
-        for rows, views in _trimmed_pieces([raws[i] for i in used]):
+        for rows, views in _trimmed_pieces([raws[i] for i in used], self.geometry):
             offsets = None
             if dark_set.layout == "raw":
                 offsets = np.stack([overscan[i].offsets[rows] for i in used])
@@ -320,7 +326,7 @@ class DarkRecipe:
             len(used),
             dark_set.exptime,
             unit,
-            _gains(dark_set.frames[used[0]]),
+            _gains(dark_set.frames[used[0]], self.geometry),
             self.thresholds,
         )
         stats["nrejected_total"] = int(planes.nrejected.sum(dtype=np.int64))
@@ -410,7 +416,7 @@ class DarkRecipe:
         )
 
     def _history(self, dark_set, result_qc, used, overscan, bias_id) -> list[str]:
-        shape = detector.MEGARA.trimmed_shape
+        shape = self.geometry.trimmed_shape
         lines = []
         if dark_set.layout == "raw":
             lines.append("Overscan correction: per-row mean of the overscan columns, cubic spline")
@@ -510,24 +516,24 @@ def _physical(image: FitsImage, raw: np.ndarray) -> np.ndarray:
     return raw.astype(np.float64) * image.bscale + image.bzero
 
 
-def _amplifier_pieces(frame):
+def _amplifier_pieces(frame, geometry):
     """(trimmed rows, view of the frame's data) for each amplifier, raw or trimmed."""
-    amplifiers = detector.MEGARA.amplifiers
-    return zip((a.trimmed_rows for a in amplifiers), detector.amplifier_views(frame), strict=True)
+    rows = (a.trimmed_rows for a in geometry.amplifiers)
+    return zip(rows, detector.amplifier_views(frame, geometry), strict=True)
 
 
-def _trimmed_pieces(raws):
+def _trimmed_pieces(raws, geometry):
     """For each amplifier: its trimmed rows and every frame's view of them."""
-    views = [detector.amplifier_views(raw) for raw in raws]
-    for k, amp in enumerate(detector.MEGARA.amplifiers):
+    views = [detector.amplifier_views(raw, geometry) for raw in raws]
+    for k, amp in enumerate(geometry.amplifiers):
         yield amp.trimmed_rows, [v[k] for v in views]
 
 
-def _gains(image: FitsImage):
-    """e-/ADU of the two amplifiers: GAIN1/GAIN2 from the header, else MEGARA's."""
+def _gains(image: FitsImage, geometry):
+    """e-/ADU of the two amplifiers: GAIN1/GAIN2 from the header, else the detector's."""
     h = image.primary_header
-    gains = detector.MEGARA_GAINS
-    return [float(h.get("GAIN1", gains[0])), float(h.get("GAIN2", gains[1]))]
+    amp1, amp2 = geometry.amplifiers
+    return [float(h.get("GAIN1", amp1.gain)), float(h.get("GAIN2", amp2.gain))]
 
 
 def _image_id(image: FitsImage, prefix: bool = True) -> str:

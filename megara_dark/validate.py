@@ -33,11 +33,12 @@ SET_CONSISTENT_KEYS = ("READMODE", "RSPEED", "DETECTOR")
 class SetOptions:
     """unit: "counts" (ADU per exposure, as megaradrp) or "rate" (ADU/s);
     exptime_tolerance: largest relative EXPTIME spread accepted in counts mode;
-    allow_single: accept a one-frame set."""
+    allow_single: accept a one-frame set; geometry: the detector layout."""
 
     unit: str = "counts"
     exptime_tolerance: float = 0.01
     allow_single: bool = False
+    geometry: detector.Geometry = detector.MEGARA
 
 
 @dataclass
@@ -74,7 +75,7 @@ def exptime_problem(image: FitsImage) -> str | None:
     return None
 
 
-def frame_problems(image: FitsImage) -> list[str]:
+def frame_problems(image: FitsImage, geometry: detector.Geometry) -> list[str]:
     """Problems of one frame as a raw or trimmed MEGARA dark exposure."""
     h, path = image.primary_header, image.path
     problems = []
@@ -96,16 +97,18 @@ def frame_problems(image: FitsImage) -> list[str]:
     if problem:
         problems.append(problem)
     try:
-        layout(image)
+        layout(image, geometry)
     except ValidationError as exc:
         problems += exc.problems
     return problems
 
 
-def layout(image: FitsImage) -> str:
+def layout(image: FitsImage, geometry: detector.Geometry) -> str:
     """ "raw" or "trimmed" (detector.classify_frame: shape, binning keys)."""
     header = _header_with_binning(image)
-    return detector.classify_frame(str(image.path), shape=image.shape, header=header)
+    return detector.classify_frame(
+        str(image.path), shape=image.shape, header=header, geometry=geometry
+    )
 
 
 def _header_with_binning(image: FitsImage):
@@ -117,7 +120,9 @@ def _header_with_binning(image: FitsImage):
     return header
 
 
-def bias_problems(bias: FitsImage, frames: list[FitsImage]) -> tuple[list[str], list[str]]:
+def bias_problems(
+    bias: FitsImage, frames: list[FitsImage], geometry: detector.Geometry
+) -> tuple[list[str], list[str]]:
     """Problems and warnings of the master bias against the frames."""
     h, path = bias.primary_header, bias.path
     problems, warnings = [], []
@@ -130,7 +135,7 @@ def bias_problems(bias: FitsImage, frames: list[FitsImage]) -> tuple[list[str], 
     instrument = _text(h, "INSTRUME")
     if instrument is not None and instrument.upper() != "MEGARA":
         problems.append(f"{path}: INSTRUME is {instrument!r}, not 'MEGARA'")
-    trimmed, raw = detector.MEGARA.trimmed_shape, detector.MEGARA.raw_shape
+    trimmed, raw = geometry.trimmed_shape, geometry.raw_shape
     if bias.shape != trimmed:
         state = "an untrimmed raw frame" if bias.shape == raw else "the wrong shape"
         problems.append(
@@ -139,7 +144,7 @@ def bias_problems(bias: FitsImage, frames: list[FitsImage]) -> tuple[list[str], 
         )
     else:
         try:
-            layout(bias)
+            layout(bias, geometry)
         except ValidationError as exc:
             problems += exc.problems
     for frame in frames:
@@ -211,14 +216,14 @@ def validate_dark_set(frames: list[FitsImage], bias: FitsImage, options: SetOpti
         raise ValidationError(["no input frames: a dark set needs at least one exposure"])
     problems: list[str] = []
     for image in frames:
-        problems += frame_problems(image)
+        problems += frame_problems(image, options.geometry)
     more, warnings = set_problems(frames, options)
     problems += more
-    more, bias_warnings = bias_problems(bias, frames)
+    more, bias_warnings = bias_problems(bias, frames, options.geometry)
     problems += more
     if problems:
         raise ValidationError(problems)
-    layouts = {layout(f) for f in frames}
+    layouts = {layout(f, options.geometry) for f in frames}
     exptimes = [float(f.primary_header["EXPTIME"]) for f in frames]
     return DarkSet(
         frames=list(frames),
