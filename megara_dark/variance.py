@@ -83,7 +83,10 @@ def variance_factors(method: str, nframes: int, **params) -> np.ndarray:
         return n * n
     if method == "median":
         return np.array([median_efficiency(int(k)) for k in n])
-    key = tuple(sorted(params.items()))
+    # sigma_floor is in data units (one quantisation step of integer data) and
+    # meant for noise well above it, where it changes nothing; at the unit noise
+    # of the calibration it would stop most clipping, so it is left out.
+    key = tuple(sorted((k, v) for k, v in params.items() if k != "sigma_floor"))
     calibrated = _calibrated(method, min(nframes, CALIBRATION_MAX_FRAMES), key)
     factors = np.empty(nframes + 1)
     factors[: len(calibrated)] = calibrated

@@ -266,9 +266,9 @@ cdef int _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
               Py_ssize_t block_rows, Py_ssize_t rows_between_checks) except -1:
     """Run the rows in chunks, handling signals between chunks.  Unless
     rows_between_checks is given, a chunk's rows double or halve (down to one
-    row per thread) so a chunk takes about CHECK_INTERVAL, and the block size
-    of a short chunk shrinks so that every thread still gets rows (results do
-    not depend on either)."""
+    row per thread) so a chunk takes about CHECK_INTERVAL; when that is less
+    than block_rows per thread, blocks shrink so every thread still gets rows
+    (results depend on neither)."""
     cdef size_t y = 0, y_end, ny = inp.ny, step, block
     cdef size_t threads = nthreads if nthreads > 0 else md_default_threads()
     cdef int status = MD_OK
@@ -280,7 +280,7 @@ cdef int _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
     step = rows_between_checks if rows_between_checks > 0 else block_rows * threads
     while y < ny:
         y_end = y + step if y + step < ny else ny
-        block = min(<size_t>block_rows, (y_end - y + threads - 1) // threads)
+        block = min(<size_t>block_rows, (step + threads - 1) // threads)
         elapsed = perf_counter()
         with nogil:
             status = md_combine(inp, par, out, y, y_end, nthreads, block)
