@@ -136,6 +136,7 @@ def combine(
     nthreads: int = 0,
     block_rows: int = 16,
     out: CombineResult | None = None,
+    progress=None,
 ) -> CombineResult:
     """Combine N frames of one shape (ny, nx) pixel by pixel (see the module doc).
 
@@ -176,6 +177,8 @@ def combine(
         OpenMP threads, 0 for the default; block_rows: rows per thread task.
     out : CombineResult, optional
         Planes to write into instead of allocating new ones.
+    progress : callable, optional
+        Called as ``progress(rows_done, rows_total)`` every ~50 ms of work.
 
     Returns
     -------
@@ -215,6 +218,7 @@ def combine(
         fill=float(fill),
         nthreads=_non_negative_int(nthreads, "nthreads"),
         block_rows=max(1, _non_negative_int(block_rows, "block_rows")),
+        progress=progress,
         **vectors,
         **params,
     )
@@ -342,7 +346,7 @@ def _blanks(blank, frames) -> list:
     values = [blank] * n if blank is None or isinstance(blank, numbers.Integral) else list(blank)
     if len(values) != n:
         raise ValueError(f"blank has {len(values)} values, expected one per frame ({n})")
-    for i, (b, f) in enumerate(zip(values, frames)):
+    for i, (b, f) in enumerate(zip(values, frames, strict=True)):
         if b is not None and f.dtype.kind not in "iu":
             raise ValueError(f"frame {i}: BLANK applies to integer data, not {f.dtype}")
         if b is not None and not isinstance(b, numbers.Integral):
@@ -384,7 +388,7 @@ def _sigma_floor(sigma_floor, frames, bscales, scales) -> float:
         return floor
     steps = [
         abs(b) / (abs(scales[i]) if scales is not None else 1.0)
-        for i, (f, b) in enumerate(zip(frames, bscales))
+        for i, (f, b) in enumerate(zip(frames, bscales, strict=True))
         if f.dtype.kind in "iu"
     ]
     return max(steps, default=0.0)

@@ -169,7 +169,8 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
                  str centre="median", str spread="mad", double low=3.0, double high=3.0,
                  int maxiters=10, double sigma_floor=0.0, double gain=1.0, double rdnoise=0.0,
                  int nlow=1, int nhigh=1, double fclip=0.1, double fill=np.nan,
-                 int nthreads=0, Py_ssize_t block_rows=16, Py_ssize_t rows_between_checks=0):
+                 int nthreads=0, Py_ssize_t block_rows=16, Py_ssize_t rows_between_checks=0,
+                 progress=None):
     """Run the core on already validated arguments, writing into the planes.
 
     frames: list of N 2-D arrays of one shape (ny, nx), any supported dtype
@@ -252,7 +253,7 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
         _plane(&out.npix, npix, shape, False)
         _plane(&out.nrejected, nrejected, shape, False)
 
-        _run(&inp, &par, &out, nthreads, block_rows, rows_between_checks)
+        _run(&inp, &par, &out, nthreads, block_rows, rows_between_checks, progress)
     finally:
         free(images)
         free(mask_images)
@@ -263,8 +264,9 @@ CHECK_INTERVAL = 0.05
 
 
 cdef int _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
-              Py_ssize_t block_rows, Py_ssize_t rows_between_checks) except -1:
-    """Run the rows in chunks, handling signals between chunks.  Unless
+              Py_ssize_t block_rows, Py_ssize_t rows_between_checks, progress) except -1:
+    """Run the rows in chunks, handling signals (and calling progress(rows
+    done, rows in all), when given) between chunks.  Unless
     rows_between_checks is given, a chunk's rows double or halve (down to one
     row per thread) so a chunk takes about CHECK_INTERVAL; when that is less
     than block_rows per thread, blocks shrink so every thread still gets rows
@@ -290,6 +292,8 @@ cdef int _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
             raise ValueError(md_strerror(status).decode())
         PyErr_CheckSignals()
         y = y_end
+        if progress is not None:
+            progress(y, ny)
         elapsed = perf_counter() - elapsed
         if rows_between_checks <= 0 and elapsed < CHECK_INTERVAL / 2:
             step *= 2
