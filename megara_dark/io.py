@@ -9,6 +9,7 @@ only when every product of the run has been written.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -69,7 +70,7 @@ def check_readable_file(path: Path) -> os.stat_result:
     except OSError as exc:
         raise InputFileError(f"cannot be read: {exc.strerror}", path) from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputFileError("is a directory, not a FITS file", path)
+        raise InputFileError("is a directory, not a file", path)
     if not stat.S_ISREG(st.st_mode):
         raise InputFileError("is not a regular file (FIFO, socket or device)", path)
     if not os.access(path, os.R_OK):
@@ -120,12 +121,20 @@ def _read_headers(path: Path, size: int) -> list[tuple[fits.Header, int]]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # non-standard cards are not our concern
                     header = fits.Header.fromfile(f, padding=True)
+                    for card in header.cards:  # unparsable values (EXPTIME = NaN) become text
+                        card.verify("silentfix+ignore")
             except Exception as exc:  # astropy raises OSError, ValueError, ...
                 problem = f"corrupt FITS header in HDU {len(headers)}: {exc}"
                 raise _file_problem(path, problem) from None
             offset = f.tell()
-            if offset % FITS_BLOCK:
-                raise _file_problem(path, f"HDU {len(headers)} header is not padded to 2880 bytes")
+            f.seek(offset - FITS_BLOCK)
+            last = f.read(FITS_BLOCK).rstrip(b" ")
+            if offset % FITS_BLOCK or not last.endswith(b"END") or len(last) % 80 != 3:
+                raise _file_problem(
+                    path,
+                    f"HDU {len(headers)} header is not padded with blanks to 2880 bytes after "
+                    "END (its data would be read from the wrong place)",
+                )
             nbytes = _data_bytes(path, header, len(headers))
             if offset + nbytes > size:
                 raise _file_problem(
@@ -243,9 +252,19 @@ def read_raw(image: FitsImage) -> np.ndarray:
     core touches it); compressed ones are decompressed into memory.
     """
     if not image.compressed:
-        return np.memmap(
-            image.path, dtype=image.raw_dtype, mode="r", offset=image.data_offset, shape=image.shape
-        )
+        try:
+            return np.memmap(
+                image.path,
+                dtype=image.raw_dtype,
+                mode="r",
+                offset=image.data_offset,
+                shape=image.shape,
+            )
+        except OSError as exc:  # each map holds a file descriptor until it is released
+            problem = f"cannot be memory-mapped: {exc.strerror}"
+            if exc.errno == errno.EMFILE:
+                problem += " (every frame holds a file descriptor: raise ulimit -n)"
+            raise InputFileError(problem, image.path) from None
     with fits.open(image.path, do_not_scale_image_data=True) as hdul:
         data = hdul[image.hdu].data
         if image.bzero != 0 or image.bscale != 1:  # tile-compressed data arrive scaled
@@ -264,7 +283,8 @@ def verify_checksums(image: FitsImage) -> list[str]:
         warnings.simplefilter("always")
         with fits.open(image.path, checksum=True, do_not_scale_image_data=True) as hdul:
             _ = hdul[image.hdu].data
-    return [f"{image.path}: {w.message}" for w in caught if "verification failed" in str(w.message)]
+    messages = [str(w.message).strip() for w in caught]  # astropy's end with a newline
+    return [f"{image.path}: {m}" for m in messages if "verification failed" in m]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -3,8 +3,9 @@
 Statistics of the master dark (ADU, or ADU/s in rate mode):
 median, mean, robust sigma (1.4826 x MAD about the median), dark current
 (ADU/s and, with the gain, e-/pixel/hour), hot pixels (above median +
-``hot_sigma`` x robust sigma), the fraction of pixels combined from fewer than
-all frames (npix < N), and the count of pixels with no value (NaN).
+``hot_sigma`` x robust sigma), the fraction of pixels with a good value in
+fewer than all frames (bad or masked inputs; values a clipping method rejects
+are not missing), and the count of pixels with no value (NaN).
 
 Each input frame gets its own statistics (on a regular subsample of its
 trimmed, overscan- and bias-corrected pixels) and passes a gate; a frame fails
@@ -114,11 +115,12 @@ def frame_stats(
 
 
 def gate_frames(frames: list[FrameStats], thresholds: QCThresholds) -> None:
-    """Mark the frames that fail the gate (passed=False, with a reason)."""
-    medians = np.array([f.median for f in frames])
-    centre = float(np.median(medians))
-    scatter = MAD_TO_SIGMA * float(np.median(np.abs(medians - centre)))
-    limit = max(thresholds.frame_outlier_sigma * scatter, thresholds.frame_outlier_min_adu)
+    """Mark the frames that fail the gate (passed=False, with a reason).
+
+    Constant and saturated frames fail first; the outlier test then compares
+    the other frames' medians with theirs alone (a saturated majority must not
+    make the good frames look like outliers).
+    """
     for f in frames:
         if f.robust_sigma == 0:
             f.passed = False
@@ -126,7 +128,15 @@ def gate_frames(frames: list[FrameStats], thresholds: QCThresholds) -> None:
         elif f.saturated_fraction > thresholds.frame_saturated_fraction:
             f.passed = False
             f.reason = f"{100 * f.saturated_fraction:.1f}% of pixels saturated"
-        elif abs(f.median - centre) > limit:
+    candidates = [f for f in frames if f.passed]
+    if not candidates:
+        return
+    medians = np.array([f.median for f in candidates])
+    centre = float(np.median(medians))
+    scatter = MAD_TO_SIGMA * float(np.median(np.abs(medians - centre)))
+    limit = max(thresholds.frame_outlier_sigma * scatter, thresholds.frame_outlier_min_adu)
+    for f in candidates:
+        if abs(f.median - centre) > limit:
             side = "above" if f.median > centre else "below"
             f.passed = False
             f.reason = (
@@ -142,8 +152,9 @@ def master_stats(
     """Statistics of the master dark planes (see the module doc).
 
     data: (ny, nx) master dark in ``unit`` ("ADU" or "ADU/s"); npix: frames
-    used per pixel; exptime: the set's exposure time (s); gains: e-/ADU of the
-    two amplifiers (top and bottom halves of the rows), or None.
+    with a good value per pixel (used or rejected); exptime: the set's exposure
+    time (s); gains: e-/ADU of the two amplifiers (top and bottom halves of the
+    rows), or None.
     Median and robust sigma come from every ``sample_step``-th pixel.
     """
     flat = data.reshape(-1)

@@ -17,6 +17,7 @@ atomically.  This module orchestrates; the arithmetic lives in the core
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 import warnings
@@ -52,7 +53,9 @@ PRODUCT = "MasterDark"
 UNITS = {"counts": "ADU", "rate": "ADU/s"}
 # Keys of the raw header that describe the raw data, not the product.
 RAW_STRUCTURE_KEYS = ("BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM", "BUNIT")
-FRAME_SAMPLE_STEP = 16  # frame statistics use every 16th row and column
+# Frame statistics use every k-th row and column, k chosen for about this many pixels
+# (k = 16 on a MEGARA frame; every pixel of a small one, whose median needs them all).
+FRAME_SAMPLE_PIXELS = 1 << 16
 
 
 @dataclass
@@ -117,7 +120,7 @@ class DarkRecipe:
     allow_single : bool
         Accept a set of one frame (QC flags it).
     exptime_tolerance : float
-        Largest relative EXPTIME spread in counts mode.
+        Largest relative EXPTIME (and DARKTIME) spread in counts mode.
     strict : bool
         CHECKSUM/DATASUM mismatches are errors instead of warnings.
     name : str
@@ -190,23 +193,24 @@ class DarkRecipe:
                 result_qc = self._quality(dark_set, planes, frames_qc, used)
             log.info(f"QC {result_qc.flag}" + "".join(f"; {r}" for r in result_qc.reasons))
             checksums = {str(p): f.result() for p, f in digests.items()}
-            with log.step("write products"):
-                report = self._write(
-                    staged, products, dark_set, planes, result_qc, used, overscan, checksums, log
-                )
+            report = self._write(
+                staged, products, dark_set, planes, result_qc, used, overscan, checksums, log
+            )
         return DarkRecipeResult(products.fits, result_qc, products.log, products.report, report)
 
     def _resolve_inputs(self, rinput: DarkRecipeInput) -> tuple[list[Path], Path]:
         obresult, bias = rinput.obresult, rinput.master_bias
+        missing = "no master bias given (the recipe requires master_bias)"
         if isinstance(obresult, (str, Path)) and Path(obresult).suffix.lower() in (".yaml", ".yml"):
             ob = read_obresult(obresult, mode=MODE)
             frames, bias = ob.frames, bias if bias is not None else ob.master_bias
+            missing = f"{obresult}: {missing} and no 'requirements: master_bias'"
         elif isinstance(obresult, (str, Path)):
             frames = [Path(obresult)]
         else:
             frames = [Path(p) for p in obresult]
         if bias is None:
-            raise ValidationError(["no master bias given (the recipe requires master_bias)"])
+            raise ValidationError([missing])
         return frames, Path(bias)
 
     def _validate(self, frame_paths, bias_path, log) -> DarkSet:
@@ -263,7 +267,7 @@ class DarkRecipe:
         return planes, frames_qc, used, overscan
 
     def _frame_stats(self, image: FitsImage, raw, model, bias) -> qc.FrameStats:
-        step = FRAME_SAMPLE_STEP
+        step = max(1, math.isqrt(raw.size // FRAME_SAMPLE_PIXELS))
         pieces, raw_values = [], []
         for rows, view in _amplifier_pieces(raw, self.geometry):
             sample = view[::step, ::step].astype(np.float64) * image.bscale + image.bzero
@@ -320,9 +324,12 @@ class DarkRecipe:
 
     def _quality(self, dark_set, planes, frames_qc, used) -> qc.QCResult:
         unit = UNITS[self.unit]
+        # Pixels short of good values (bad or masked inputs); values a clipping
+        # method rejects on purpose (minmax always drops some) are not missing.
+        good = planes.npix + planes.nrejected
         stats = qc.master_stats(
             planes.data,
-            planes.npix,
+            good,
             len(used),
             dark_set.exptime,
             unit,
@@ -341,7 +348,8 @@ class DarkRecipe:
         product_uuid = str(uuid.uuid4())
         hdul = self._product_hdul(dark_set, planes, result_qc, used, overscan, product_uuid)
         tmp_fits = staged.stage(products.fits)
-        with writing(products.fits):
+        # The log and the report are written after this step: they hold its timing.
+        with log.step("write master dark"), writing(products.fits):
             hdul.writeto(tmp_fits, overwrite=True, checksum=True)
             fsync_file(tmp_fits)
         tmp_log = staged.stage(products.log)
@@ -462,15 +470,14 @@ class DarkRecipe:
                 "qc": {k: v for k, v in vars(result_qc.frames[i]).items() if k != "path"},
             }
             if overscan[i] is not None:
-                entry["overscan"] = [
-                    {
-                        "amplifier": fit.amplifier,
+                entry["overscan"] = {  # by amplifier, as the schema says
+                    fit.amplifier: {
                         "knots": fit.knots,
                         "coeffs": fit.coeffs,
                         "median": float(fit.median),
                     }
                     for fit in overscan[i].fits
-                ]
+                }
             inputs.append(entry)
         bias = dark_set.bias
         return {

@@ -32,8 +32,9 @@ SET_CONSISTENT_KEYS = ("READMODE", "RSPEED", "DETECTOR")
 @dataclass(frozen=True)
 class SetOptions:
     """unit: "counts" (ADU per exposure, as megaradrp) or "rate" (ADU/s);
-    exptime_tolerance: largest relative EXPTIME spread accepted in counts mode;
-    allow_single: accept a one-frame set; geometry: the detector layout."""
+    exptime_tolerance: largest relative spread of EXPTIME (and of DARKTIME,
+    when every frame has one) accepted in counts mode; allow_single: accept a
+    one-frame set; geometry: the detector layout."""
 
     unit: str = "counts"
     exptime_tolerance: float = 0.01
@@ -177,21 +178,37 @@ def set_problems(frames: list[FitsImage], options: SetOptions) -> tuple[list[str
         if len(values) > 1:
             listing = "; ".join(f"{f.path}: {_text(f.primary_header, key)}" for f in frames)
             problems.append(f"frames with different {key}: {listing}")
+    tolerance = options.exptime_tolerance
     exptimes = [f.primary_header.get("EXPTIME") for f in frames]
     usable = [e for f, e in zip(frames, exptimes, strict=True) if exptime_problem(f) is None]
-    if len(usable) == len(frames) and max(usable) - min(usable) > options.exptime_tolerance * max(
-        usable
-    ):
+    if len(usable) == len(frames) and _differ(usable, tolerance):
         listing = "; ".join(f"{f.path}: {e} s" for f, e in zip(frames, exptimes, strict=True))
         if options.unit == "rate":
             warnings.append(f"exposure times differ, each frame is divided by its own: {listing}")
         else:
             problems.append(
-                f"exposure times differ by more than {100 * options.exptime_tolerance:g}% "
+                f"exposure times differ by more than {100 * tolerance:g}% "
                 f"(use the rate unit to normalise each frame): {listing}"
             )
+    darktimes = [f.primary_header.get("DARKTIME") for f in frames]
+    if all(_is_number(d) for d in darktimes) and _differ(darktimes, tolerance):
+        listing = "; ".join(f"{f.path}: {d} s" for f, d in zip(frames, darktimes, strict=True))
+        message = f"dark times (DARKTIME) differ by more than {100 * tolerance:g}%: {listing}"
+        if options.unit == "rate":
+            warnings.append(f"{message} (each frame is divided by its EXPTIME)")
+        else:
+            problems.append(message)
     problems += _repeat_problems(frames)
     return problems, warnings
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _differ(values: list[float], tolerance: float) -> bool:
+    """True when the values spread by more than ``tolerance`` times the largest."""
+    return max(values) - min(values) > tolerance * max(values)
 
 
 def _repeat_problems(frames: list[FitsImage]) -> list[str]:
