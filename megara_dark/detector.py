@@ -324,6 +324,7 @@ def overscan_offsets(
     *,
     bzero: float = 0.0,
     bscale: float = 1.0,
+    blank: int | None = None,
     geometry: Geometry = MEGARA,
     name: str = "frame",
 ) -> OverscanModel:
@@ -336,6 +337,11 @@ def overscan_offsets(
         raw memory map of a BITPIX 16 file); only the overscan columns are read.
     bzero, bscale : float
         physical = bscale * raw + bzero (ADU), the FITS BZERO/BSCALE.
+    blank : int, optional
+        Stored value of undefined pixels (FITS BLANK).  BLANK and non-finite
+        overscan pixels are left out of their row's mean; a row with none left
+        is left out of the fit (an error when more than half of an
+        amplifier's rows are).
     geometry : Geometry
         Layout of the frame.
     name : str
@@ -366,18 +372,34 @@ def overscan_offsets(
     offsets = np.empty(geometry.trimmed_shape[0], dtype=np.float64)
     fits = []
     for amp in geometry.amplifiers:
-        block = _physical(raw[amp.rows, amp.overscan_cols], bzero, bscale, work)
-        means = block.mean(axis=1)
-        bad = np.count_nonzero(~np.isfinite(means))
-        if bad:
-            raise _problem(name, f"{amp.name} overscan has non-finite values in {bad} rows")
+        stored = raw[amp.rows, amp.overscan_cols]
+        block = _physical(stored, bzero, bscale, work)
+        bad = ~np.isfinite(block)
+        if blank is not None and stored.dtype.kind in "iu":
+            bad |= stored == blank
+        valid = None
+        if bad.any():  # megaradrp's plain mean where every pixel is good
+            good = ~bad
+            block = np.where(good, block, 0)
+            counts = good.sum(axis=1)
+            valid = counts > 0
+            if np.count_nonzero(~valid) > valid.size // 2:
+                raise _problem(
+                    name,
+                    f"{amp.name} overscan has no usable value in {np.count_nonzero(~valid)} "
+                    f"of {valid.size} rows (BLANK or non-finite)",
+                )
+            means = block.sum(axis=1, dtype=np.float64) / np.maximum(counts, 1)
+            block = block[good]
+        else:
+            means = block.mean(axis=1)
         rows = np.arange(amp.rows.start, amp.rows.stop)
-        offsets[amp.trimmed_rows], knots, coeffs = spline_fit(rows, means, amp.knot)
+        offsets[amp.trimmed_rows], knots, coeffs = spline_fit(rows, means, amp.knot, valid)
         fits.append(OverscanFit(amp.name, knots, coeffs, np.median(block)))
     return OverscanModel(offsets, tuple(fits))
 
 
-def spline_fit(rows: np.ndarray, values: np.ndarray, knot: int):
+def spline_fit(rows: np.ndarray, values: np.ndarray, knot: int, valid=None):
     """Least-squares cubic spline with one interior knot, evaluated at ``rows``.
 
     Parameters
@@ -388,6 +410,9 @@ def spline_fit(rows: np.ndarray, values: np.ndarray, knot: int):
         One value per row.
     knot : int
         The interior knot, strictly inside the rows.
+    valid : 1-D bool array, optional
+        Rows whose values enter the fit (default: all); the fit is evaluated
+        at every row.
 
     Returns
     -------
@@ -399,7 +424,11 @@ def spline_fit(rows: np.ndarray, values: np.ndarray, knot: int):
     if not np.array_equal(rows, np.arange(start, stop)) or not start < knot < stop - 1:
         raise ValueError(f"rows must be consecutive around the knot {knot}, got {start}-{stop - 1}")
     design, q, r, knots = _spline_basis(start, stop, int(knot))
-    coeffs = np.linalg.solve(r, q.T @ np.asarray(values, dtype=np.float64))
+    values = np.asarray(values, dtype=np.float64)
+    if valid is None:
+        coeffs = np.linalg.solve(r, q.T @ values)
+    else:
+        coeffs = np.linalg.lstsq(design[valid], values[valid], rcond=None)[0]
     return design @ coeffs, tuple(knots.tolist()), tuple(coeffs.tolist())
 
 

@@ -227,6 +227,11 @@ class DarkRecipe:
         if problems:
             raise ValidationError(problems)
         dark_set = validate_dark_set(images, bias, self.options)
+        # A canonical order (time of observation, then identifiers) makes the
+        # product independent of the order the frames were given in.
+        order = sorted(range(len(images)), key=lambda i: _observation_order(images[i]))
+        dark_set.frames = [dark_set.frames[i] for i in order]
+        dark_set.exptimes = [dark_set.exptimes[i] for i in order]
         for message in dark_set.warnings:
             log.warning(message)
         for image in [*dark_set.frames, dark_set.bias]:
@@ -244,7 +249,12 @@ class DarkRecipe:
         with log.step("overscan"):
             overscan = [
                 detector.overscan_offsets(
-                    raw, bzero=f.bzero, bscale=f.bscale, geometry=self.geometry, name=str(f.path)
+                    raw,
+                    bzero=f.bzero,
+                    bscale=f.bscale,
+                    blank=f.blank,
+                    geometry=self.geometry,
+                    name=str(f.path),
                 )
                 if dark_set.layout == "raw"
                 else None
@@ -541,6 +551,12 @@ def _gains(image: FitsImage, geometry):
     h = image.primary_header
     amp1, amp2 = geometry.amplifiers
     return [float(h.get("GAIN1", amp1.gain)), float(h.get("GAIN2", amp2.gain))]
+
+
+def _observation_order(image: FitsImage) -> tuple[str, str, str]:
+    """Sort key of a frame: DATE-OBS, UUID, then the resolved path."""
+    h = image.primary_header
+    return (str(h.get("DATE-OBS", "")), str(h.get("UUID", "")), os.path.realpath(image.path))
 
 
 def _image_id(image: FitsImage, prefix: bool = True) -> str:

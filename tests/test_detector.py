@@ -346,11 +346,40 @@ def test_float_frames_take_means_in_their_own_precision(dtype):
         np.testing.assert_array_equal(model.offsets[amp.trimmed_rows], expected)
 
 
-def test_non_finite_overscan_is_an_error_naming_the_file_and_amplifier():
+def test_non_finite_and_blank_overscan_pixels_are_left_out_of_the_row_means():
     raw = raw_frame(SMALL, np.random.default_rng(1)).astype(np.float32)
-    raw[55, 3] = np.nan  # amp2 overscan (columns 0-7)
-    raw[60:62, 1] = np.inf
-    message = r"dark_9.fits: amp2 overscan has non-finite values in 3 rows"
+    amp2 = SMALL.amplifiers[1]
+    clean = overscan_offsets(raw, geometry=SMALL)
+    bad = raw.copy()
+    bad[55, 3] = np.nan  # amp2 overscan (columns 0-7)
+    bad[60, :8] = np.inf  # a whole overscan row: left out of the fit
+    model = overscan_offsets(bad, geometry=SMALL)
+    rows = np.arange(amp2.rows.start, amp2.rows.stop)
+    means = raw[amp2.rows, amp2.overscan_cols].astype(np.float64).mean(axis=1)
+    means[55 - amp2.rows.start] = np.delete(raw[55, :8], 3).astype(np.float64).mean()
+    valid = rows != 60
+    expected = spline_fit(rows, means, amp2.knot, valid)[0]
+    np.testing.assert_allclose(model.offsets[amp2.trimmed_rows], expected, rtol=0, atol=1e-9)
+    amp1 = SMALL.amplifiers[0]
+    np.testing.assert_array_equal(
+        model.offsets[amp1.trimmed_rows], clean.offsets[amp1.trimmed_rows]
+    )
+
+    stored = raw_frame(SMALL, np.random.default_rng(1)).astype(np.int16)
+    stored[55, 3] = -32768
+    with_blank = overscan_offsets(stored, blank=-32768, geometry=SMALL)
+    as_nan = stored.astype(np.float32)
+    as_nan[55, 3] = np.nan
+    np.testing.assert_allclose(
+        with_blank.offsets, overscan_offsets(as_nan, geometry=SMALL).offsets, atol=1e-9
+    )
+
+
+def test_an_amplifier_without_usable_overscan_is_an_error_naming_the_file():
+    raw = raw_frame(SMALL, np.random.default_rng(1)).astype(np.float32)
+    amp2 = SMALL.amplifiers[1]
+    raw[amp2.rows, amp2.overscan_cols] = np.nan
+    message = r"dark_9.fits: amp2 overscan has no usable value in \d+ of \d+ rows"
     with pytest.raises(ValidationError, match=message):
         overscan_offsets(raw, geometry=SMALL, name="dark_9.fits")
 

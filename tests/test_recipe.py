@@ -285,10 +285,6 @@ def test_nan_and_inf_pixels_are_bad(dark_set, tmp_path):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="detector.overscan_offsets ignores BLANK: a BLANK overscan pixel enters the row mean",
-)
 def test_blank_in_the_overscan_is_not_used(dark_set, tmp_path):
     amp2 = RECIPE_GEOMETRY.amplifiers[1]
     path = tmp_path / "blank.fits"
