@@ -283,9 +283,39 @@ static int column_good_values(const md_inputs *in, workspace *ws, size_t x, int 
     return n;
 }
 
+/* The generated kernels for nframes frames, or NULL when there are too many. */
+static const md_kernels *kernels_for(size_t nframes)
+{
+    return nframes <= MD_KERNEL_MAX_FRAMES ? &md_kernel_table[nframes] : NULL;
+}
+
+/* 1 when no value of the tile's w columns is bad. */
+static int tile_is_clean(const workspace *ws, size_t w)
+{
+    double bad = 0.0;
+    for (size_t x = 0; x < w; x++) bad += ws->nbad[x];
+    return bad == 0.0;
+}
+
+/* npix = nframes and nrejected = 0 for every column. */
+static void all_used(workspace *ws, size_t nframes, size_t w)
+{
+    for (size_t x = 0; x < w; x++) {
+        ws->npix[x] = (double)nframes;
+        ws->nrej[x] = 0.0;
+    }
+}
+
 MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, workspace *ws,
                                     size_t w, int want_var)
 {
+    const md_kernels *kernels = kernels_for(in->nframes);
+    if (kernels && !in->weights && tile_is_clean(ws, w)) {
+        kernels->mean(ws->rows, w, p->var_factor[in->nframes], p->method == MD_SUM, ws->value,
+                      want_var ? ws->variance : NULL);
+        all_used(ws, in->nframes, w);
+        return;
+    }
     column_moments(in->nframes, in->weights, ws, w, want_var);
     const double *restrict sums = p->method == MD_SUM ? ws->swx : ws->mean;
     for (size_t x = 0; x < w; x++) {
@@ -300,6 +330,12 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
                                workspace *ws, size_t w, int want_var)
 {
     const size_t nf = in->nframes;
+    const md_kernels *kernels = kernels_for(nf);
+    if (kernels && tile_is_clean(ws, w)) {
+        kernels->median(ws->rows, w, p->var_factor[nf], ws->value, want_var ? ws->variance : NULL);
+        all_used(ws, nf, w);
+        return;
+    }
     if (want_var) {
         column_moments(nf, NULL, ws, w, 1); /* the median ignores weights */
         column_variances(p, ws, w);
@@ -327,7 +363,9 @@ MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const
                                   workspace *ws, size_t w)
 {
     const int weighted = in->weights != NULL;
-    if (net) md_network_apply(net, ws->rows, w);
+    const md_kernels *kernels = kernels_for(in->nframes);
+    if (net && kernels) kernels->sort(ws->rows, w);
+    else if (net) md_network_apply(net, ws->rows, w);
     for (size_t x = 0; x < w; x++) {
         int n;
         if (net) { /* sorted, good values first */

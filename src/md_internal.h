@@ -69,6 +69,25 @@ void md_network_apply(const md_network *net, double *const *rows, size_t w);
  * equal values are then ordered by ascending weight. */
 void md_sort(double *v, double *wt, size_t n);
 
+/* ---- md_kernels.c: register-resident column kernels (generated) ---------- */
+
+/*
+ * For N <= MD_KERNEL_MAX_FRAMES frames and a tile whose N rows hold no bad
+ * value: median (and variance), mean or sum (and variance), and the full sort
+ * of every column, with the column's values in registers.  k is the variance
+ * factor for n = N; variance may be NULL.  Same bits as the generic paths.
+ */
+#define MD_KERNEL_MAX_FRAMES 24
+
+typedef struct md_kernels {
+    void (*median)(double *const *rows, size_t w, double k, double *value, double *variance);
+    void (*mean)(double *const *rows, size_t w, double k, int sum, double *value,
+                 double *variance);
+    void (*sort)(double *const *rows, size_t w);
+} md_kernels;
+
+extern const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1];
+
 /* ---- md_reduce.c: rejection methods on one pixel ---------------------- */
 
 /* The result for one pixel. */
