@@ -88,6 +88,28 @@ typedef struct md_kernels {
 
 extern const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1];
 
+/* ---- md_vclip.c: rejection methods across a tile's columns ---------------- */
+
+/* Scratch of md_vclip_tile for tiles of w <= tw columns and n rows. */
+typedef struct md_vclip_scratch {
+    const md_kernels *kernels; /* sort kernel for n frames, or NULL ... */
+    const md_network *sort;    /* ... then this full sorting network */
+    double *dev;               /* n x stride deviations from the centre */
+    double **dev_rows;         /* n pointers into dev */
+    int *lo, *hi, *active, *below, *above;       /* tw each */
+    double *c, *s, *tmp, *tmp2, *tmp3, *tmp4;    /* tw each */
+    double *other;                               /* 4 x tw */
+} md_vclip_scratch;
+
+/*
+ * MD_SIGCLIP (unweighted), MD_CCDCLIP, MD_MINMAX or MD_QUANTILECLIP for a tile
+ * of n rows, `stride` doubles apart, sorted column by column and holding no
+ * bad value: the results md_reduce_sorted gives each column, bit for bit.
+ */
+void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const double *tile, size_t stride,
+                   size_t n, size_t w, double *value, double *variance, double *npix,
+                   double *nrej);
+
 /* ---- md_reduce.c: rejection methods on one pixel ---------------------- */
 
 /* The result for one pixel. */
