@@ -129,6 +129,10 @@ class DarkRecipe:
         The detector layout (MEGARA 1x1; smaller ones for tests).
     echo : callable, optional
         Receives each log line as it happens (progress display).
+    progress : callable, optional
+        Called as ``progress(stage, done, total)`` while a long stage runs:
+        ``progress("combine", rows_done, rows_total)`` between row blocks of
+        the combination, rows counted across both amplifiers.
     """
 
     RecipeInput = DarkRecipeInput
@@ -153,6 +157,7 @@ class DarkRecipe:
         name="master_dark",
         geometry=detector.MEGARA,
         echo=None,
+        progress=None,
     ):
         if unit not in UNITS:
             raise ValueError(f"unit must be 'counts' or 'rate', got {unit!r}")
@@ -168,6 +173,7 @@ class DarkRecipe:
         self.strict = strict
         self.name = name
         self.echo = echo
+        self.progress = progress
 
     # ---- the run ------------------------------------------------------------
 
@@ -323,6 +329,11 @@ class DarkRecipe:
                             plane[rows]
                             for plane in (out.data, out.variance, out.npix, out.nrejected)
                         )
+                    ),
+                    progress=None
+                    if self.progress is None
+                    else lambda done, _, first=rows.start: self.progress(
+                        "combine", first + done, shape[0]
                     ),
                     **self.method_params,
                 )
