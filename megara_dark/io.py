@@ -26,6 +26,8 @@ from astropy.io import fits
 from .errors import InputFileError, OutputError, ValidationError
 
 FITS_BLOCK = 2880
+_UMASK = os.umask(0o022)  # read the process umask (and put it back)
+os.umask(_UMASK)
 # BITPIX -> big-endian raw dtype of the data array.
 BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 GZIP_MAGIC = b"\x1f\x8b"
@@ -299,12 +301,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 # ---- outputs ------------------------------------------------------------------
 
 
-def check_output_folder(folder: str | Path) -> Path:
-    """Create the folder if needed and prove it writable by writing a temp file there."""
+def check_output_folder(folder: str | Path, create: bool = True) -> Path:
+    """Prove a folder writable by writing a temp file there, creating it if
+    needed; with create=False a missing folder is checked through the nearest
+    existing parent (nothing is created)."""
     folder = Path(folder)
+    probe = folder
+    if not create:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".megara_dark-probe-"):
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        if not probe.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(probe))
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".megara_dark-probe-"):
             pass
     except OSError as exc:
         raise OutputError(f"output folder is not writable: {exc.strerror or exc}", folder) from None
@@ -339,13 +350,18 @@ class StagedOutputs:
 
     def check_target(self, path: Path) -> None:
         if path.exists() and not self.overwrite:
-            raise OutputError("exists already (use overwrite to replace it)", path)
+            raise OutputError(
+                "exists already (replace it with --overwrite, or overwrite=True)", path
+            )
 
     def stage(self, path: str | Path) -> Path:
         path = Path(path)
         self.check_target(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # as a plain open() would create it
+        finally:
+            os.close(fd)
         self._staged.append((Path(tmp), path))
         return Path(tmp)
 

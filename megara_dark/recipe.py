@@ -185,24 +185,72 @@ class DarkRecipe:
         frame_paths, bias_path = self._resolve_inputs(rinput)
         products = Products.in_folder(self.outdir, self.name)
         with log.step("check outputs"):
-            check_output_folder(self.outdir)
             staged = StagedOutputs(self.overwrite)
             for path in products.all():
                 check_not_an_input(path, [*frame_paths, bias_path])
                 staged.check_target(path)
+            check_output_folder(self.outdir, create=False)
         with log.step("validate headers"):
             dark_set = self._validate(frame_paths, bias_path, log)
-        with ThreadPoolExecutor(max_workers=1) as hasher, staged:
-            digests = {p: hasher.submit(sha256_file, p) for p in [*frame_paths, bias_path]}
-            planes, frames_qc, used, overscan = self._process(dark_set, log)
-            with log.step("quality control"):
-                result_qc = self._quality(dark_set, planes, frames_qc, used)
-            log.info(f"QC {result_qc.flag}" + "".join(f"; {r}" for r in result_qc.reasons))
-            checksums = {str(p): f.result() for p, f in digests.items()}
-            report = self._write(
-                staged, products, dark_set, planes, result_qc, used, overscan, checksums, log
-            )
+        check_output_folder(self.outdir)
+        try:
+            return self._reduce(dark_set, staged, products, log)
+        except BaseException as exc:  # Ctrl-C too: the failure report says why
+            log.error(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            self._write_failure_report(products, dark_set, log)
+            raise
+
+    def _reduce(self, dark_set, staged, products, log) -> DarkRecipeResult:
+        """Everything after validation: process, QC and write the products."""
+        paths = [*(f.path for f in dark_set.frames), dark_set.bias.path]
+        hasher = ThreadPoolExecutor(max_workers=1)
+        try:
+            with staged:
+                digests = {p: hasher.submit(sha256_file, p) for p in paths}
+                planes, frames_qc, used, overscan = self._process(dark_set, log)
+                with log.step("quality control"):
+                    result_qc = self._quality(dark_set, planes, frames_qc, used)
+                log.info(f"QC {result_qc.flag}" + "".join(f"; {r}" for r in result_qc.reasons))
+                checksums = {str(p): f.result() for p, f in digests.items()}
+                report = self._write(
+                    staged, products, dark_set, planes, result_qc, used, overscan, checksums, log
+                )
+        finally:  # on an error, hash no more inputs
+            hasher.shutdown(wait=True, cancel_futures=True)
         return DarkRecipeResult(products.fits, result_qc, products.log, products.report, report)
+
+    def _write_failure_report(self, products, dark_set, log) -> None:
+        """Best effort: ``<name>.failed.json`` says why the run failed (older
+        products stay untouched); nothing is raised if it cannot be written."""
+        report = {
+            "schema": "megara_dark.report/1",
+            "status": "failed",
+            "created": utc_now(),
+            "recipe": {
+                "name": "DarkRecipe",
+                "mode": MODE,
+                "mode_key": MODE_KEY,
+                "product": PRODUCT,
+            },
+            "inputs": [{"path": str(f.path)} for f in dark_set.frames],
+            "bias": {"path": str(dark_set.bias.path)},
+            "method": {"name": self.method, "params": self.method_params},
+            "unit": UNITS[self.unit],
+            "threads": {"requested": self.nthreads, **_threads()},
+            "steps": log.steps,
+            "outputs": [],
+            "software": software(),
+            "warnings": list(log.warnings),
+            "errors": list(log.errors),
+            "log": log.lines,
+        }
+        path = products.report.with_name(f"{self.name}.failed.json")
+        try:
+            with StagedOutputs(overwrite=True) as staged:
+                write_json(staged.stage(path), report)
+                staged.commit()
+        except OSError:
+            pass
 
     def _resolve_inputs(self, rinput: DarkRecipeInput) -> tuple[list[Path], Path]:
         obresult, bias = rinput.obresult, rinput.master_bias

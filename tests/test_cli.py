@@ -301,8 +301,8 @@ def test_run_json_is_the_only_stdout(raw_set, tmp_path):
     again = cli("run", *frames[:3], "--bias", bias, "--out", out, cwd=tmp_path)
     assert again.returncode == 3
     assert error_line(again.stderr) == (
-        f"megara-dark: error: {out / 'master_dark.png'}: exists already (use overwrite to "
-        "replace it)"
+        f"megara-dark: error: {out / 'master_dark.png'}: exists already (replace it "
+        "with --overwrite, or overwrite=True)"
     )
 
 

@@ -332,7 +332,7 @@ def test_existing_products_are_refused_and_left_intact(dark_set, tmp_path):
     before = {p: file_sha256(p) for p in paths}
     with pytest.raises(
         OutputError,
-        match=f"{esc(first.master_dark)}: exists already \\(use overwrite to replace",
+        match=f"{esc(first.master_dark)}: exists already \\(replace it with --overwrite",
     ):
         run_recipe(dark_set.frames, dark_set.master_bias, tmp_path / "out")
     assert {p: file_sha256(p) for p in paths} == before

@@ -249,3 +249,39 @@ def test_processing_log_times_a_failing_step_and_echoes():
     assert echoed == log.lines and len(echoed) == 4
     assert re.fullmatch(r" +\d+\.\d{3} s  ERROR   it failed", echoed[-1])
     assert log.text("title").splitlines() == ["title", *log.lines]
+
+
+# ---- a failed run ------------------------------------------------------------------------------
+
+
+def test_a_run_failing_after_validation_leaves_a_failure_report(dark_set, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first = run_recipe(dark_set.frames, dark_set.master_bias, out)
+    before = {p.name: file_sha256(p) for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no memory for the planes")
+
+    monkeypatch.setattr("megara_dark.recipe.combine", broken)
+    with pytest.raises(MemoryError, match="no memory for the planes"):
+        run_recipe(dark_set.frames, dark_set.master_bias, out, overwrite=True)
+    failure = json.loads((out / "master_dark.failed.json").read_text())
+    assert schema_errors(failure) == []
+    assert failure["status"] == "failed"
+    assert failure["errors"] == ["MemoryError: no memory for the planes"]
+    assert [s["name"] for s in failure["steps"]][:2] == ["check outputs", "validate headers"]
+    assert any("ERROR" in line and "no memory" in line for line in failure["log"])
+    assert [i["path"] for i in failure["inputs"]] == [str(p) for p in dark_set.frames]
+    # The older products are intact.
+    assert {p.name: file_sha256(p) for p in out.iterdir() if p.name in before} == before
+    assert first.master_dark.exists()
+
+
+def test_a_failure_report_without_errors_breaks_the_schema(dark_set, tmp_path, monkeypatch):
+    monkeypatch.setattr("megara_dark.recipe.combine", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run_recipe(dark_set.frames, dark_set.master_bias, tmp_path / "out")
+    failure = json.loads((tmp_path / "out" / "master_dark.failed.json").read_text())
+    assert schema_errors(failure) == []
+    failure["errors"] = []
+    assert schema_errors(failure) == ["$.errors: [] should be non-empty"]
