@@ -207,7 +207,6 @@ MD_HOT static void gather(const md_inputs *in, workspace *ws, size_t y, size_t x
     else memset(ws->bias, 0, w * sizeof(double));
     for (size_t i = 0; i < in->nframes; i++) {
         double *restrict r = ws->rows[i];
-        md_load_values(&in->frames[i], y, x0, w, r);
         const double off = in->row_offsets ? in->row_offsets[i * in->ny + y] : 0.0;
         /* Zero 0 and scale 1 change no bit, so they are skipped. */
         const double zero = in->zeros ? in->zeros[i] : 0.0;
@@ -215,14 +214,10 @@ MD_HOT static void gather(const md_inputs *in, workspace *ws, size_t y, size_t x
         const int normalise = zero != 0.0 || scale != 1.0;
         const int masked = in->masks && in->masks[i].data;
         if (!normalise && !masked) { /* the common case, in one pass */
-            for (size_t x = 0; x < w; x++) {
-                const double v = (r[x] - bias[x]) - off;
-                const int bad = !(v - v == 0.0); /* NaN or +-inf */
-                r[x] = bad ? MD_BAD : v;
-                nbad[x] += bad ? 1.0 : 0.0;
-            }
+            md_load_corrected(&in->frames[i], y, x0, w, bias, off, r, nbad);
             continue;
         }
+        md_load_values(&in->frames[i], y, x0, w, r);
         for (size_t x = 0; x < w; x++) r[x] = (r[x] - bias[x]) - off;
         if (normalise)
             for (size_t x = 0; x < w; x++) r[x] = (r[x] - zero) / scale;

@@ -32,6 +32,11 @@
 /* dst[k] = physical value of pixel (y, x0 + k), k < w; BLANK pixels -> NaN. */
 void md_load_values(const md_image *im, size_t y, size_t x0, size_t w, double *dst);
 
+/* dst[k] = (physical(y, x0 + k) - sub[k]) - off, or MD_BAD for a BLANK, NaN or
+ * infinite result, counted in nbad[k] (+= 1). */
+void md_load_corrected(const md_image *im, size_t y, size_t x0, size_t w, const double *sub,
+                       double off, double *dst, double *nbad);
+
 /* dst[k] = 1 where the mask pixel (y, x0 + k) is non-zero, else 0. */
 void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned char *dst);
 

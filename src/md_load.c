@@ -34,42 +34,93 @@ static inline uint64_t bswap64(uint64_t u) { return __builtin_bswap64(u); }
     } while (0)
 
 /*
- * One loader per dtype.  The native, contiguous case is a plain loop the
- * compiler vectorises; anything else goes through memcpy and a byte swap.
+ * Element k of a row as type T, for the three layouts: contiguous native,
+ * contiguous byte-swapped (FITS data), and anything else (strided,
+ * misaligned).  The contiguous loops are plain enough to vectorise.
  */
-#define MD_DEFINE_LOADER(NAME, T, UT, BSWAP, IS_INT)                                              \
-    static inline __attribute__((always_inline)) void NAME(const md_image *im, size_t y,         \
-                                                           size_t x0, size_t w, double *dst) \
+#define MD_FOR_EACH_RAW(T, UT, BSWAP, im, row, w, BODY)                                           \
+    do {                                                                                          \
+        const int contiguous_ = (im)->col_stride == (long long)sizeof(T)                          \
+                                && (uintptr_t)(row) % sizeof(T) == 0;                             \
+        if (contiguous_ && !(im)->swapped) {                                                      \
+            const T *p_ = (const T *)(const void *)(row);                                         \
+            for (size_t k = 0; k < (w); k++) {                                                    \
+                const T t = p_[k];                                                                \
+                BODY;                                                                             \
+            }                                                                                     \
+        } else if (contiguous_) {                                                                 \
+            const UT *p_ = (const UT *)(const void *)(row);                                       \
+            for (size_t k = 0; k < (w); k++) {                                                    \
+                const UT u_ = BSWAP(p_[k]);                                                       \
+                T t;                                                                              \
+                memcpy(&t, &u_, sizeof t);                                                        \
+                BODY;                                                                             \
+            }                                                                                     \
+        } else {                                                                                  \
+            for (size_t k = 0; k < (w); k++) {                                                    \
+                T t;                                                                              \
+                MD_RAW_AT(T, UT, BSWAP, row, k, (im)->col_stride, (im)->swapped, t);              \
+                BODY;                                                                             \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+
+/*
+ * Two loaders per dtype: the physical values (NaN for BLANK), and the
+ * corrected values of a frame, (physical - sub[k]) - off, with MD_BAD for
+ * BLANK, NaN and +-inf and a count of them added to nbad[k].
+ */
+#define MD_DEFINE_LOADERS(SUFFIX, T, UT, BSWAP, IS_INT)                                           \
+    static inline __attribute__((always_inline)) void load_##SUFFIX(                              \
+        const md_image *im, size_t y, size_t x0, size_t w, double *dst)                           \
     {                                                                                             \
         const char *row = (const char *)im->data + (ptrdiff_t)y * im->row_stride                  \
                           + (ptrdiff_t)x0 * im->col_stride;                                       \
         const double a = im->bscale, b = im->bzero;                                               \
         const int check_blank = (IS_INT) && im->has_blank;                                        \
         const T blank = (T)im->blank;                                                             \
-        if (!im->swapped && im->col_stride == (long long)sizeof(T)) {                             \
-            const T *p = (const T *)(const void *)row;                                            \
-            if (check_blank) {                                                                    \
-                for (size_t k = 0; k < w; k++)                                                    \
-                    dst[k] = p[k] == blank ? NAN : a * (double)p[k] + b;                          \
-            } else {                                                                              \
-                for (size_t k = 0; k < w; k++) dst[k] = a * (double)p[k] + b;                     \
-            }                                                                                     \
-        } else {                                                                                  \
-            for (size_t k = 0; k < w; k++) {                                                      \
-                T t;                                                                              \
-                MD_RAW_AT(T, UT, BSWAP, row, k, im->col_stride, im->swapped, t);                  \
-                dst[k] = (check_blank && t == blank) ? NAN : a * (double)t + b;                   \
-            }                                                                                     \
-        }                                                                                         \
+        MD_FOR_EACH_RAW(T, UT, BSWAP, im, row, w,                                                 \
+                        dst[k] = (check_blank && t == blank) ? NAN : a * (double)t + b);          \
+    }                                                                                             \
+    static inline __attribute__((always_inline)) void correct_##SUFFIX(                           \
+        const md_image *im, size_t y, size_t x0, size_t w, const double *restrict sub,            \
+        double off, double *restrict dst, double *restrict nbad)                                  \
+    {                                                                                             \
+        const char *row = (const char *)im->data + (ptrdiff_t)y * im->row_stride                  \
+                          + (ptrdiff_t)x0 * im->col_stride;                                       \
+        const double a = im->bscale, b = im->bzero;                                               \
+        const int check_blank = (IS_INT) && im->has_blank;                                        \
+        const T blank = (T)im->blank;                                                             \
+        MD_FOR_EACH_RAW(T, UT, BSWAP, im, row, w, {                                               \
+            const double v = ((a * (double)t + b) - sub[k]) - off;                                \
+            const int bad = (check_blank && t == blank) | !(v - v == 0.0);                        \
+            dst[k] = bad ? MD_BAD : v;                                                            \
+            nbad[k] += bad ? 1.0 : 0.0;                                                           \
+        });                                                                                       \
     }
 
-MD_DEFINE_LOADER(load_u8, uint8_t, uint8_t, bswap8, 1)
-MD_DEFINE_LOADER(load_i16, int16_t, uint16_t, bswap16, 1)
-MD_DEFINE_LOADER(load_u16, uint16_t, uint16_t, bswap16, 1)
-MD_DEFINE_LOADER(load_i32, int32_t, uint32_t, bswap32, 1)
-MD_DEFINE_LOADER(load_i64, int64_t, uint64_t, bswap64, 1)
-MD_DEFINE_LOADER(load_f32, float, uint32_t, bswap32, 0)
-MD_DEFINE_LOADER(load_f64, double, uint64_t, bswap64, 0)
+MD_DEFINE_LOADERS(u8, uint8_t, uint8_t, bswap8, 1)
+MD_DEFINE_LOADERS(i16, int16_t, uint16_t, bswap16, 1)
+MD_DEFINE_LOADERS(u16, uint16_t, uint16_t, bswap16, 1)
+MD_DEFINE_LOADERS(i32, int32_t, uint32_t, bswap32, 1)
+MD_DEFINE_LOADERS(i64, int64_t, uint64_t, bswap64, 1)
+MD_DEFINE_LOADERS(f32, float, uint32_t, bswap32, 0)
+MD_DEFINE_LOADERS(f64, double, uint64_t, bswap64, 0)
+
+MD_HOT void md_load_corrected(const md_image *im, size_t y, size_t x0, size_t w, const double *sub,
+                              double off, double *dst, double *nbad)
+{
+    switch (im->dtype) {
+    case MD_UINT8: correct_u8(im, y, x0, w, sub, off, dst, nbad); break;
+    case MD_INT16: correct_i16(im, y, x0, w, sub, off, dst, nbad); break;
+    case MD_UINT16: correct_u16(im, y, x0, w, sub, off, dst, nbad); break;
+    case MD_INT32: correct_i32(im, y, x0, w, sub, off, dst, nbad); break;
+    case MD_INT64: correct_i64(im, y, x0, w, sub, off, dst, nbad); break;
+    case MD_FLOAT32: correct_f32(im, y, x0, w, sub, off, dst, nbad); break;
+    case MD_FLOAT64: correct_f64(im, y, x0, w, sub, off, dst, nbad); break;
+    default: break; /* rejected by md_combine's argument checks */
+    }
+}
 
 MD_HOT void md_load_values(const md_image *im, size_t y, size_t x0, size_t w, double *dst)
 {
