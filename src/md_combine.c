@@ -24,10 +24,9 @@
 
 #include "md_internal.h"
 
-/* tw-long arrays of the rejection scratch: c, s, tmp..tmp4 (6) and other (4);
- * lo, hi, active, below, above. */
-#define MD_VCLIP_DOUBLES 10
-#define MD_VCLIP_INTS 5
+/* tw-long arrays of the rejection scratch: c, s, tmp, outside, lo, hi,
+ * active and other (4). */
+#define MD_VCLIP_DOUBLES 11
 
 /* Columns whose sums are accumulated together (in registers). */
 #define MD_STRIP 16
@@ -136,7 +135,6 @@ typedef struct workspace {
     double *pv, *pw;     /* nframes values/weights of one pixel */
     md_vclip_scratch vc; /* rejection across columns (md_vclip.c) */
     double *vc_doubles;  /* memory of vc */
-    int *vc_ints;
 } workspace;
 
 static void workspace_free(workspace *ws)
@@ -148,22 +146,21 @@ static void workspace_free(workspace *ws)
     free(ws->pv);
     free(ws->pw);
     free(ws->vc_doubles);
-    free(ws->vc_ints);
     free(ws->vc.dev_rows);
     memset(ws, 0, sizeof *ws);
 }
 
-/* Point the rejection scratch into its two blocks of memory. */
+/* Point the rejection scratch into its block of memory. */
 static void vclip_layout(workspace *ws, size_t nframes, size_t tw)
 {
     md_vclip_scratch *vc = &ws->vc;
-    double **doubles[] = {&vc->c, &vc->s, &vc->tmp, &vc->tmp2, &vc->tmp3, &vc->tmp4, &vc->other};
-    int **ints[] = {&vc->lo, &vc->hi, &vc->active, &vc->below, &vc->above};
-    for (size_t k = 0; k < sizeof doubles / sizeof doubles[0]; k++)
-        *doubles[k] = ws->vc_doubles + k * tw;
-    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++) *ints[k] = ws->vc_ints + k * tw;
-    vc->dev = ws->vc_doubles + MD_VCLIP_DOUBLES * tw;
-    for (size_t i = 0; i < nframes; i++) vc->dev_rows[i] = vc->dev + i * tw;
+    double **arrays[] = {&vc->c,  &vc->s,      &vc->tmp,   &vc->outside, &vc->lo,
+                         &vc->hi, &vc->active, &vc->other};
+    for (size_t k = 0; k < sizeof arrays / sizeof arrays[0]; k++)
+        *arrays[k] = ws->vc_doubles + k * tw;
+    double *dev = ws->vc_doubles + MD_VCLIP_DOUBLES * tw;
+    for (size_t i = 0; i < nframes; i++) vc->dev_rows[i] = dev + i * tw;
+    vc->pv = ws->pv;
 }
 
 /* tw is a multiple of MD_STRIP; memory is zeroed so padding is defined. */
@@ -180,10 +177,9 @@ static int workspace_alloc(workspace *ws, size_t nframes, size_t tw)
     ws->pv = malloc(nframes * sizeof(double));
     ws->pw = malloc(nframes * sizeof(double));
     ws->vc_doubles = calloc((MD_VCLIP_DOUBLES + nframes) * tw, sizeof(double));
-    ws->vc_ints = calloc(MD_VCLIP_INTS * tw, sizeof(int));
     ws->vc.dev_rows = malloc(nframes * sizeof(double *));
     if (!ws->tile || !ws->rows || !ws->mask || !ws->bias || !ws->pv || !ws->pw
-        || !ws->vc_doubles || !ws->vc_ints || !ws->vc.dev_rows) {
+        || !ws->vc_doubles || !ws->vc.dev_rows) {
         workspace_free(ws);
         return MD_ERR_NOMEM;
     }
@@ -384,15 +380,15 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
 }
 
 MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const md_network *net,
-                                  workspace *ws, size_t w, size_t tw)
+                                  workspace *ws, size_t w)
 {
     const int weighted = in->weights != NULL;
     const md_kernels *kernels = kernels_for(in->nframes);
     if (net && kernels) kernels->sort(ws->rows, w);
     else if (net) md_network_apply(net, ws->rows, w);
     if (net && tile_is_clean(ws, w)) { /* sorted, no bad value: across the columns */
-        md_vclip_tile(p, &ws->vc, ws->tile, tw, in->nframes, w, ws->value, ws->variance,
-                      ws->npix, ws->nrej);
+        md_vclip_tile(p, &ws->vc, ws->rows, in->nframes, w, ws->value, ws->variance, ws->npix,
+                      ws->nrej);
         return;
     }
     for (size_t x = 0; x < w; x++) {
@@ -432,7 +428,7 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
             case MD_MEAN:
             case MD_SUM: tile_mean_or_sum(in, p, ws, w, want_var); break;
             case MD_MEDIAN: tile_median(in, p, net, ws, w, want_var); break;
-            default: tile_rejection(in, p, net, ws, w, tw); break;
+            default: tile_rejection(in, p, net, ws, w); break;
             }
             store_tile(out, ws, y, x0, w);
         }

@@ -95,25 +95,23 @@ extern const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1];
 
 /* ---- md_vclip.c: rejection methods across a tile's columns ---------------- */
 
-/* Scratch of md_vclip_tile for tiles of w <= tw columns and n rows. */
+/* Scratch of md_vclip_tile, for tiles of up to tw columns and n rows. */
 typedef struct md_vclip_scratch {
-    const md_kernels *kernels; /* sort kernel for n frames, or NULL ... */
+    const md_kernels *kernels; /* kernels for n frames, or NULL ... */
     const md_network *sort;    /* ... then this full sorting network */
-    double *dev;               /* n x stride deviations from the centre */
-    double **dev_rows;         /* n pointers into dev */
-    int *lo, *hi, *active, *below, *above;       /* tw each */
-    double *c, *s, *tmp, *tmp2, *tmp3, *tmp4;    /* tw each */
-    double *other;                               /* 4 x tw */
+    double **dev_rows;         /* n rows of tw deviations from the centre */
+    double *c, *s, *tmp, *outside, *lo, *hi, *active; /* tw each */
+    double *other;             /* 4 x tw */
+    double *pv;                /* n values of one pixel */
 } md_vclip_scratch;
 
 /*
  * MD_SIGCLIP (unweighted), MD_CCDCLIP, MD_MINMAX or MD_QUANTILECLIP for a tile
- * of n rows, `stride` doubles apart, sorted column by column and holding no
- * bad value: the results md_reduce_sorted gives each column, bit for bit.
+ * of n rows sorted column by column and holding no bad value: the results
+ * md_reduce_sorted gives each column, bit for bit.
  */
-void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const double *tile, size_t stride,
-                   size_t n, size_t w, double *value, double *variance, double *npix,
-                   double *nrej);
+void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *const *rows, size_t n,
+                   size_t w, double *value, double *variance, double *npix, double *nrej);
 
 /* ---- md_reduce.c: rejection methods on one pixel ---------------------- */
 
@@ -132,5 +130,12 @@ double md_sorted_median(const double *v, int n);
  * NULL): value = weighted mean of the survivors, variance as md_params says.
  */
 md_pixel md_reduce_sorted(const md_params *p, const double *v, const double *wt, int n);
+
+/*
+ * MD_SIGCLIP or MD_CCDCLIP (equal weights) on sorted v[0..n) continued from
+ * the run [lo, hi) left by `done` clipping passes: what md_reduce_sorted
+ * gives when its first `done` passes left that run.
+ */
+md_pixel md_clip_sorted_from(const md_params *p, const double *v, int n, int lo, int hi, int done);
 
 #endif /* MD_INTERNAL_H */

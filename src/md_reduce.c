@@ -15,23 +15,34 @@ double md_sorted_median(const double *v, int n)
     return (n % 2) ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
 }
 
-/* Sample variance about the (weighted) mean, and the sums of weights. */
+/* Sample variance about the (weighted) mean, and the sums of weights.  Equal
+ * weights (wt NULL) take loops without them: the same bits (1 * x == x and
+ * the sums of ones are exact). */
 static void weighted_moments(const double *v, const double *wt, int n, double *mean, double *s2,
                              double *v1, double *v2)
 {
-    double sw = 0.0, sww = 0.0, swx = 0.0;
-    for (int i = 0; i < n; i++) {
-        const double w = wt ? wt[i] : 1.0;
-        sw += w;
-        sww += w * w;
-        swx += w * v[i];
+    double sw = 0.0, sww = 0.0, swx = 0.0, ss = 0.0;
+    if (wt) {
+        for (int i = 0; i < n; i++) {
+            sw += wt[i];
+            sww += wt[i] * wt[i];
+            swx += wt[i] * v[i];
+        }
+    } else {
+        sw = sww = n;
+        for (int i = 0; i < n; i++) swx += v[i];
     }
     const double m = swx / sw;
-    double ss = 0.0;
-    for (int i = 0; i < n; i++) {
-        const double w = wt ? wt[i] : 1.0;
-        const double d = v[i] - m;
-        ss += w * d * d;
+    if (wt) {
+        for (int i = 0; i < n; i++) {
+            const double d = v[i] - m;
+            ss += wt[i] * d * d;
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            const double d = v[i] - m;
+            ss += d * d;
+        }
     }
     *mean = m;
     *s2 = n >= 2 ? ss / (sw - sww / sw) : NAN;
@@ -40,27 +51,26 @@ static void weighted_moments(const double *v, const double *wt, int n, double *m
 }
 
 /* Median absolute deviation from c of sorted v[0..n): walk outwards from c
- * merging the two increasing runs of deviations. */
+ * merging the two increasing runs of deviations (without branches: the
+ * choice at each step is unpredictable). */
 static double sorted_mad(const double *v, int n, double c)
 {
-    int right = 0;
+    int right = n / 2; /* the first value >= c, searched from the middle */
+    while (right > 0 && v[right - 1] >= c) right--;
     while (right < n && v[right] < c) right++;
     int left = right - 1;
     const int k_lo = (n - 1) / 2, k_hi = n / 2;
     double d_lo = 0.0, d = 0.0;
     for (int t = 0; t <= k_hi; t++) {
-        const double dl = left >= 0 ? c - v[left] : INFINITY;
-        const double dr = right < n ? v[right] - c : INFINITY;
-        if (dl <= dr) {
-            d = dl;
-            left--;
-        } else {
-            d = dr;
-            right++;
-        }
-        if (t == k_lo) d_lo = d;
+        const double dl = left >= 0 ? c - v[left >= 0 ? left : 0] : INFINITY;
+        const double dr = right < n ? v[right < n ? right : n - 1] - c : INFINITY;
+        const int take_left = dl <= dr;
+        d = take_left ? dl : dr;
+        left -= take_left;
+        right += !take_left;
+        d_lo = t == k_lo ? d : d_lo;
     }
-    return (d_lo + d) / 2.0;
+    return n % 2 ? d : (d_lo + d) / 2.0;
 }
 
 static double unweighted_mean(const double *v, int n)
@@ -88,13 +98,14 @@ static void centre_and_spread(const md_params *p, const double *v, int n, double
     if (*s < p->sigma_floor) *s = p->sigma_floor;
 }
 
-/* Iterative clipping: returns the surviving run [*lo, *hi).  Stops when a
- * pass rejects nothing, after maxiters passes, or before a pass that would
- * reject every value (the previous survivors are kept). */
-static void clip_iteratively(const md_params *p, const double *v, int n, int *lo, int *hi)
+/* Iterative clipping from the run [*lo, *hi) left by `done` passes: returns
+ * the surviving run.  Stops when a pass rejects nothing, after maxiters
+ * passes, or before a pass that would reject every value (the previous
+ * survivors are kept). */
+static void clip_iteratively(const md_params *p, const double *v, int done, int *lo, int *hi)
 {
-    int a = 0, b = n;
-    for (int it = 0; it < p->maxiters; it++) {
+    int a = *lo, b = *hi;
+    for (int it = done; it < p->maxiters; it++) {
         double c, s;
         centre_and_spread(p, v + a, b - a, &c, &s);
         const double low = c - p->low * s, high = c + p->high * s;
@@ -149,9 +160,15 @@ md_pixel md_reduce_sorted(const md_params *p, const double *v, const double *wt,
         break;
     case MD_SIGCLIP:
     case MD_CCDCLIP:
-        if (n > 0) clip_iteratively(p, v, n, &lo, &hi);
+        if (n > 0) clip_iteratively(p, v, 0, &lo, &hi);
         break;
     default: break;
     }
     return mean_of_run(p, v, wt, n, lo, hi);
+}
+
+md_pixel md_clip_sorted_from(const md_params *p, const double *v, int n, int lo, int hi, int done)
+{
+    clip_iteratively(p, v, done, &lo, &hi);
+    return mean_of_run(p, v, NULL, n, lo, hi);
 }
