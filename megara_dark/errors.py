@@ -14,7 +14,11 @@ class MegaraDarkError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else Path(path)
+        self.problem = message
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+    def __reduce__(self):  # pickled whole (e.g. back from a Dask worker)
+        return type(self), (self.problem, self.path)
 
 
 class ValidationError(MegaraDarkError, ValueError):
@@ -28,6 +32,9 @@ class ValidationError(MegaraDarkError, ValueError):
         count = len(self.problems)
         head = "invalid input" if count == 1 else f"{count} problems with the inputs"
         super().__init__(head + ":\n  " + "\n  ".join(self.problems))
+
+    def __reduce__(self):
+        return type(self), (self.problems,)
 
 
 class InputFileError(MegaraDarkError, OSError):
