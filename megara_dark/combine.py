@@ -310,6 +310,13 @@ def _method_params(method, n, low, high, centre, spread, maxiters, gain, rdnoise
         fclip = _finite(fclip, "fclip")
         if not 0.0 <= fclip < 0.5:
             raise ValueError(f"fclip must be in [0, 0.5), got {fclip}")
+        if n == 2 and fclip > 0:
+            warnings.warn(
+                "quantileclip with 2 frames cannot drop a value at each end; "
+                "nothing is clipped and the mean of both is returned",
+                CombineWarning,
+                stacklevel=3,
+            )
         return {"fclip": fclip}
     return {}
 

@@ -9,12 +9,23 @@ only when every product of the run has been written.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import gzip
 import hashlib
+import io
+import math
+import mmap
 import os
+import shutil
+import signal
 import stat
 import tempfile
+import threading
 import warnings
+import weakref
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +42,9 @@ os.umask(_UMASK)
 # BITPIX -> big-endian raw dtype of the data array.
 BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 GZIP_MAGIC = b"\x1f\x8b"
+# Keys that say where an HDU's data are and what they mean (besides NAXISn).
+STRUCTURE_KEYS = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "EXTEND",
+                  "BZERO", "BSCALE", "BLANK", "ZIMAGE")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,9 +98,9 @@ def inspect_fits(path: str | Path, *, hdu: int | str | None = None) -> FitsImage
     """Describe the 2-D image of a FITS file from its headers (no pixel is read).
 
     The image is the primary HDU when it holds data, else the only image
-    extension (or the extension named/numbered by ``hdu``); a tile-compressed
-    image (``.fz``) is accepted.  Raises InputFileError when the file cannot
-    be read, ValidationError when it is not a usable FITS image.
+    extension (or the extension named/numbered by ``hdu``); a gzipped file or a
+    tile-compressed image (``.fz``) is accepted.  Raises InputFileError when the
+    file cannot be read, ValidationError when it is not a usable FITS image.
     """
     path = Path(path)
     st = check_readable_file(path)
@@ -94,77 +108,105 @@ def inspect_fits(path: str | Path, *, hdu: int | str | None = None) -> FitsImage
         raise _file_problem(path, "is empty (0 bytes)")
     with open(path, "rb") as f:
         magic = f.read(80)
-    if magic.startswith(GZIP_MAGIC):
-        return _inspect_with_astropy(path, hdu)
+    unzipped = _gunzip(path) if magic.startswith(GZIP_MAGIC) else None
+    if unzipped is not None:
+        magic = unzipped[:80]
     if not magic.startswith(b"SIMPLE  =") or magic[29:30] != b"T":
         raise _file_problem(path, "is not a FITS file (it does not start with SIMPLE = T)")
-    headers = _read_headers(path, st.st_size)
+    # The structure is checked before astropy reads anything: it loops forever on some
+    # impossible sizes (a negative NAXISn in a gzipped file).
+    with open(path, "rb") if unzipped is None else io.BytesIO(unzipped) as f:
+        headers = _read_headers(path, f, st.st_size if unzipped is None else len(unzipped))
     index = _choose_image_hdu(path, headers, hdu)
     header, offset = headers[index]
-    if header.get("ZIMAGE", False) is True:
-        return _inspect_with_astropy(path, index)
+    if unzipped is not None or header.get("ZIMAGE", False) is True:
+        return _inspect_with_astropy(path, index, headers[0][0], unzipped)
     return _describe(path, header, headers[0][0], index, offset, st.st_size)
 
 
-def _read_headers(path: Path, size: int) -> list[tuple[fits.Header, int]]:
-    """Every HDU's header and its data offset, checking that the data fit the file.
+def _gunzip(path: Path) -> bytes:
+    """The decompressed bytes of a gzipped file (ValidationError if it cannot be)."""
+    try:
+        with gzip.open(path) as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _file_problem(path, f"cannot be decompressed or parsed: {exc}") from None
+
+
+def _read_headers(path: Path, f, size: int) -> list[tuple[fits.Header, int]]:
+    """Every HDU's header and its data offset, checking that the data fit the file
+    (``f``: the file's bytes, opened, ``size`` long).
 
     Blocks of zeros or blanks after the last HDU (padding some writers add)
     are accepted; anything else that does not parse is a corrupt header.
     """
     headers = []
-    with open(path, "rb") as f:
-        while f.tell() < size:
-            start = f.tell()
-            if headers and not f.read(FITS_BLOCK).strip(b"\0 "):
-                continue  # a padding block
-            f.seek(start)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # non-standard cards are not our concern
-                    header = fits.Header.fromfile(f, padding=True)
-                    for card in header.cards:  # unparsable values (EXPTIME = NaN) become text
-                        card.verify("silentfix+ignore")
-            except Exception as exc:  # astropy raises OSError, ValueError, ...
-                problem = f"corrupt FITS header in HDU {len(headers)}: {exc}"
-                raise _file_problem(path, problem) from None
-            offset = f.tell()
-            f.seek(offset - FITS_BLOCK)
-            last = f.read(FITS_BLOCK).rstrip(b" ")
-            if offset % FITS_BLOCK or not last.endswith(b"END") or len(last) % 80 != 3:
-                raise _file_problem(
-                    path,
-                    f"HDU {len(headers)} header is not padded with blanks to 2880 bytes after "
-                    "END (its data would be read from the wrong place)",
-                )
-            nbytes = _data_bytes(path, header, len(headers))
-            if offset + nbytes > size:
-                raise _file_problem(
-                    path,
-                    f"is truncated: HDU {len(headers)} needs {nbytes} bytes of data after "
-                    f"byte {offset}, the file has {size - offset}",
-                )
-            headers.append((header, offset))
-            f.seek(min(size, offset + -(-nbytes // FITS_BLOCK) * FITS_BLOCK))
+    while f.tell() < size:
+        start = f.tell()
+        if headers and not f.read(FITS_BLOCK).strip(b"\0 "):
+            continue  # a padding block
+        f.seek(start)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # non-standard cards are not our concern
+                header = fits.Header.fromfile(f, padding=True)
+                for card in header.cards:  # unparsable values (EXPTIME = NaN) become text
+                    card.verify("silentfix+ignore")
+        except Exception as exc:  # astropy raises OSError, ValueError, ...
+            problem = f"corrupt FITS header in HDU {len(headers)}: {exc}"
+            raise _file_problem(path, problem) from None
+        counts = Counter(card.keyword for card in header.cards)
+        repeated = [k for k, n in counts.items() if n > 1 and _structural(k)]
+        if repeated:
+            problem = f"HDU {len(headers)} header repeats {', '.join(repeated)} (ambiguous)"
+            raise _file_problem(path, problem)
+        offset = f.tell()
+        f.seek(offset - FITS_BLOCK)
+        last = f.read(FITS_BLOCK).rstrip(b" ")
+        if offset % FITS_BLOCK or not last.endswith(b"END") or len(last) % 80 != 3:
+            raise _file_problem(
+                path,
+                f"HDU {len(headers)} header is not padded with blanks to 2880 bytes after "
+                "END (its data would be read from the wrong place)",
+            )
+        nbytes = _data_bytes(path, header, len(headers))
+        if offset + nbytes > size:
+            raise _file_problem(
+                path,
+                f"is truncated: HDU {len(headers)} needs {nbytes} bytes of data after "
+                f"byte {offset}, the file has {size - offset}",
+            )
+        headers.append((header, offset))
+        f.seek(min(size, offset + -(-nbytes // FITS_BLOCK) * FITS_BLOCK))
     return headers
 
 
 def _data_bytes(path: Path, header: fits.Header, index: int) -> int:
     """Size in bytes of an HDU's data, from BITPIX, NAXISn, PCOUNT and GCOUNT."""
     bitpix = header.get("BITPIX")
-    if bitpix not in BITPIX_DTYPES:
+    if not _is_int(bitpix) or bitpix not in BITPIX_DTYPES:
         raise _file_problem(path, f"HDU {index} has an invalid BITPIX {bitpix!r}")
     naxis = header.get("NAXIS")
-    if not isinstance(naxis, int) or not 0 <= naxis <= 999:
+    if not _is_int(naxis) or not 0 <= naxis <= 999:
         raise _file_problem(path, f"HDU {index} has an invalid NAXIS {naxis!r}")
     if naxis == 0:
         return 0
     sizes = [header.get(f"NAXIS{k}") for k in range(1, naxis + 1)]
-    if any(not isinstance(s, int) or s < 0 for s in sizes):
+    if any(not _is_int(s) or s < 0 for s in sizes):
         raise _file_problem(path, f"HDU {index} has invalid NAXISn values {sizes}")
-    count = int(np.prod(sizes, dtype=np.int64))
     pcount, gcount = header.get("PCOUNT", 0), header.get("GCOUNT", 1)
-    return abs(bitpix) // 8 * gcount * (pcount + count)
+    if not (_is_int(pcount) and _is_int(gcount) and pcount >= 0 and gcount >= 0):
+        raise _file_problem(path, f"HDU {index} has invalid PCOUNT, GCOUNT {pcount!r}, {gcount!r}")
+    return abs(bitpix) // 8 * gcount * (pcount + math.prod(sizes))  # Python ints: no overflow
+
+
+def _structural(key: str) -> bool:
+    """A key that says where the data are or what they mean (BITPIX, NAXISn, BZERO...)."""
+    return key in STRUCTURE_KEYS or (key.startswith("NAXIS") and key[5:].isdigit())
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_image(header: fits.Header) -> bool:
@@ -209,6 +251,13 @@ def _describe(path, header, primary_header, index, offset, size=None) -> FitsIma
             raise _file_problem(path, f"{key} must be a finite number, got {value!r}")
     if bscale == 0:
         raise _file_problem(path, "BSCALE is 0")
+    if BITPIX_DTYPES[bitpix][1] in "iu":  # the products are float32
+        info = np.iinfo(BITPIX_DTYPES[bitpix])
+        largest = abs(bscale) * max(-info.min, info.max) + abs(bzero)
+        if largest > np.finfo(np.float32).max:
+            raise _file_problem(
+                path, f"BSCALE {bscale!r} and BZERO {bzero!r} give values beyond float32's range"
+            )
     blank = header.get("BLANK")
     if blank is not None and (bitpix < 0 or not isinstance(blank, int)):
         blank = None  # BLANK has no meaning for float data (NaN marks undefined values)
@@ -226,52 +275,89 @@ def _describe(path, header, primary_header, index, offset, size=None) -> FitsIma
     )
 
 
-def _inspect_with_astropy(path: Path, hdu) -> FitsImage:
-    """gzip-compressed files and tile-compressed images: astropy decompresses."""
+def _inspect_with_astropy(path: Path, index: int, primary, unzipped) -> FitsImage:
+    """A gzipped file (its bytes ``unzipped``) or a tile-compressed image: astropy
+    decompresses the image HDU ``index`` (its structure already checked)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # astropy only warns on truncated archives
-            with fits.open(path, do_not_scale_image_data=True) as hdul:
+            warnings.simplefilter("error")  # astropy only warns on some damage
+            with (
+                open(path, "rb") if unzipped is None else io.BytesIO(unzipped) as f,
+                fits.open(f, do_not_scale_image_data=True) as hdul,
+            ):
                 hdul.verify("exception")
-                headers = [(h.header.copy(), 0) for h in hdul]
-                index = _choose_image_hdu(path, headers, hdu)
                 image = hdul[index]
                 header = image.header.copy()
                 shape = image.data.shape if image.data is not None else ()
-    except ValidationError:
-        raise
     except Exception as exc:
         raise _file_problem(path, f"cannot be decompressed or parsed: {exc}") from None
     if len(shape) != 2:
         raise _file_problem(path, f"image HDU {index} has shape {shape}; a 2-D image is needed")
-    return _describe(path, header, headers[0][0], index, None)
+    return _describe(path, header, primary, index, None)
 
 
 def read_raw(image: FitsImage) -> np.ndarray:
     """The stored (unscaled) values of an image, shape ``image.shape``.
 
     Uncompressed files are memory-mapped read-only (nothing is read until the
-    core touches it); compressed ones are decompressed into memory.
+    core touches it) and closed at once: a map holds no file descriptor, so a
+    set may have more frames than ``ulimit -n``.  Compressed files are
+    decompressed into memory.
     """
     if not image.compressed:
+        count = image.shape[0] * image.shape[1]
         try:
-            return np.memmap(
-                image.path,
-                dtype=image.raw_dtype,
-                mode="r",
-                offset=image.data_offset,
-                shape=image.shape,
-            )
-        except OSError as exc:  # each map holds a file descriptor until it is released
-            problem = f"cannot be memory-mapped: {exc.strerror}"
-            if exc.errno == errno.EMFILE:
-                problem += " (every frame holds a file descriptor: raise ulimit -n)"
-            raise InputFileError(problem, image.path) from None
+            buffer = _map_read_only(image.path, image.data_offset, count * image.raw_dtype.itemsize)
+        except InputFileError:
+            raise
+        except OSError as exc:
+            raise InputFileError(f"cannot be memory-mapped: {exc.strerror}", image.path) from None
+        return np.frombuffer(buffer, dtype=image.raw_dtype, count=count).reshape(image.shape)
     with fits.open(image.path, do_not_scale_image_data=True) as hdul:
-        data = hdul[image.hdu].data
-        if image.bzero != 0 or image.bscale != 1:  # tile-compressed data arrive scaled
-            return np.asarray(data, dtype=np.float64)
-        return np.array(data)
+        return np.array(hdul[image.hdu].data)  # stored values (not scaled), native order
+
+
+if os.name == "posix":
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+    _LIBC.mmap.restype = ctypes.c_void_p
+    _LIBC.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                           ctypes.c_int, ctypes.c_long)  # fmt: skip
+    _LIBC.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    _MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _map_read_only(path: Path, offset: int, nbytes: int) -> memoryview:
+    """Bytes ``[offset, offset + nbytes)`` of a file, mapped read-only (libc mmap).
+
+    The descriptor is closed before returning (Python's mmap keeps a duplicate
+    open for as long as the map lives); the map is released (munmap) when the
+    last array using it is gone.  Raises OSError, or InputFileError when the
+    file is now shorter than its headers say.
+    """
+    if nbytes == 0:
+        return memoryview(b"")
+    if os.name != "posix":  # Windows: numpy's map (one open handle per frame)
+        return memoryview(np.memmap(path, np.uint8, "r", offset, (nbytes,)))
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    length = offset + nbytes - start
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size < offset + nbytes:  # mapped pages past the end would crash the reader
+            raise InputFileError(
+                f"is {size} bytes, shorter than when its headers were read "
+                f"({offset + nbytes} needed): was it changed during the run?",
+                path,
+            )
+        address = _LIBC.mmap(None, length, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, start)
+        if address is None or address == _MAP_FAILED:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+    pages = (ctypes.c_char * length).from_address(address)
+    weakref.finalize(pages, _LIBC.munmap, address, length).atexit = False  # exit unmaps
+    return memoryview(pages).toreadonly()[offset - start :]
 
 
 def verify_checksums(image: FitsImage) -> list[str]:
@@ -283,8 +369,14 @@ def verify_checksums(image: FitsImage) -> list[str]:
         return []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with fits.open(image.path, checksum=True, do_not_scale_image_data=True) as hdul:
-            _ = hdul[image.hdu].data
+        try:
+            with (
+                open(image.path, "rb") as f,
+                fits.open(f, checksum=True, do_not_scale_image_data=True) as hdul,
+            ):
+                _ = hdul[image.hdu].data
+        except Exception as exc:  # astropy fails where our reader did not
+            return [f"{image.path}: CHECKSUM/DATASUM cannot be verified: {exc}"]
     messages = [str(w.message).strip() for w in caught]  # astropy's end with a newline
     return [f"{image.path}: {m}" for m in messages if "verification failed" in m]
 
@@ -314,7 +406,7 @@ def check_output_folder(folder: str | Path, create: bool = True) -> Path:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
         if not probe.is_dir():
-            raise NotADirectoryError(20, "not a directory", str(probe))
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe))
         with tempfile.NamedTemporaryFile(dir=probe, prefix=".megara_dark-probe-"):
             pass
     except OSError as exc:
@@ -368,8 +460,9 @@ class StagedOutputs:
     def commit(self) -> None:
         for _, path in self._staged:
             self.check_target(path)
-        for tmp, path in self._staged:
-            os.replace(tmp, path)
+        with interrupts_deferred():  # never half of the products renamed
+            for tmp, path in self._staged:
+                os.replace(tmp, path)
         self._staged.clear()
 
     def discard(self) -> None:
@@ -385,12 +478,47 @@ class StagedOutputs:
 
 
 @contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done, then act on them.
+
+    Python runs signal handlers in the main thread between bytecodes, so
+    Ctrl-C could otherwise stop the block half-way; elsewhere than in the
+    main thread (where handlers cannot be changed), or when a handler was not
+    set from Python, the block runs as it is.
+    """
+    signums = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or any(
+        signal.getsignal(s) is None for s in signums
+    ):
+        yield
+        return
+    held = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: held.append((signum, frame))) for s in signums
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum, frame in held:
+            if callable(previous[signum]):
+                previous[signum](signum, frame)
+            elif previous[signum] == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
+@contextmanager
 def writing(path: Path) -> Iterator[None]:
     """Turn an OSError while writing a product into an OutputError naming it."""
     try:
         yield
     except OSError as exc:
-        raise OutputError(f"cannot be written: {exc.strerror or exc}", path) from exc
+        reason = exc.strerror
+        if reason is None:  # NumPy's tofile reports a short write without its errno
+            free = shutil.disk_usage(path.parent).free
+            reason = f"{exc}, with {free} bytes free on the disk (full, or a file size limit?)"
+        raise OutputError(f"cannot be written: {reason}", path) from exc
 
 
 def fsync_file(path: Path) -> None:

@@ -73,6 +73,7 @@ class FrameStats:
     median: float
     robust_sigma: float
     saturated_fraction: float
+    constant: bool = False  # every sampled raw value equal: the readout failed
     passed: bool = True
     reason: str = ""
 
@@ -108,26 +109,28 @@ def frame_stats(
     path: str, corrected: np.ndarray, raw_physical_max: np.ndarray, saturation_adu: float
 ) -> FrameStats:
     """Statistics of one frame from a subsample: corrected values (ADU above
-    bias) and the physical raw values of the same pixels (for saturation)."""
+    bias) and the physical raw values of the same pixels (for saturation and a
+    constant readout, which the bias and overscan corrections would hide)."""
     median, sigma = robust_stats(corrected)
     saturated = float(np.mean(raw_physical_max >= saturation_adu)) if raw_physical_max.size else 0.0
-    return FrameStats(path, median, sigma, saturated)
+    constant = raw_physical_max.size > 0 and bool(np.all(raw_physical_max == raw_physical_max[0]))
+    return FrameStats(path, median, sigma, saturated, constant)
 
 
 def gate_frames(frames: list[FrameStats], thresholds: QCThresholds) -> None:
     """Mark the frames that fail the gate (passed=False, with a reason).
 
-    Constant and saturated frames fail first; the outlier test then compares
+    Saturated and constant frames fail first; the outlier test then compares
     the other frames' medians with theirs alone (a saturated majority must not
     make the good frames look like outliers).
     """
     for f in frames:
-        if f.robust_sigma == 0:
-            f.passed = False
-            f.reason = "constant frame (every sampled pixel equal): readout failure"
-        elif f.saturated_fraction > thresholds.frame_saturated_fraction:
+        if f.saturated_fraction > thresholds.frame_saturated_fraction:
             f.passed = False
             f.reason = f"{100 * f.saturated_fraction:.1f}% of pixels saturated"
+        elif f.constant or f.robust_sigma == 0:
+            f.passed = False
+            f.reason = "constant frame (every sampled pixel equal): readout failure"
     candidates = [f for f in frames if f.passed]
     if not candidates:
         return

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 
 from . import __version__, detector, qc
 from .combine import CombineResult, CombineWarning, build_info, combine
@@ -56,6 +57,8 @@ RAW_STRUCTURE_KEYS = ("BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM", "BUNIT"
 # Frame statistics use every k-th row and column, k chosen for about this many pixels
 # (k = 16 on a MEGARA frame; every pixel of a small one, whose median needs them all).
 FRAME_SAMPLE_PIXELS = 1 << 16
+# The planes the combination writes: value and variance (float32), npix and nrejected (int16).
+PLANE_BYTES_PER_PIXEL = 4 + 4 + 2 + 2
 
 
 @dataclass
@@ -196,7 +199,7 @@ class DarkRecipe:
         try:
             return self._reduce(dark_set, staged, products, log)
         except BaseException as exc:  # Ctrl-C too: the failure report says why
-            log.error(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            log.error(_failure_reason(exc))
             self._write_failure_report(products, dark_set, log)
             raise
 
@@ -215,6 +218,8 @@ class DarkRecipe:
                 report = self._write(
                     staged, products, dark_set, planes, result_qc, used, overscan, checksums, log
                 )
+        except MemoryError as exc:  # numpy's message names the bytes it needed
+            raise MegaraDarkError(f"not enough memory: {exc or 'an allocation failed'}") from None
         finally:  # on an error, hash no more inputs
             hasher.shutdown(wait=True, cancel_futures=True)
         return DarkRecipeResult(products.fits, result_qc, products.log, products.report, report)
@@ -337,7 +342,8 @@ class DarkRecipe:
             sample = view[::step, ::step].astype(np.float64) * image.bscale + image.bzero
             raw_values.append(sample.ravel())
             offsets = model.offsets[rows][::step, None] if model is not None else 0.0
-            pieces.append((sample - offsets - bias[rows][::step, ::step]).ravel())
+            with np.errstate(invalid="ignore"):  # inf - inf: bad pixels, left out of the stats
+                pieces.append((sample - offsets - bias[rows][::step, ::step]).ravel())
         return qc.frame_stats(
             str(image.path),
             np.concatenate(pieces),
@@ -348,12 +354,18 @@ class DarkRecipe:
     def _combine(self, dark_set, raws, overscan, bias, used, log) -> CombineResult:
         shape = self.geometry.trimmed_shape
         n = len(used)
-        out = CombineResult(
-            data=np.empty(shape, np.float32),
-            variance=np.empty(shape, np.float32),
-            npix=np.empty(shape, np.int16),
-            nrejected=np.empty(shape, np.int16),
-        )
+        try:
+            out = CombineResult(
+                data=np.empty(shape, np.float32),
+                variance=np.empty(shape, np.float32),
+                npix=np.empty(shape, np.int16),
+                nrejected=np.empty(shape, np.int16),
+            )
+        except MemoryError:
+            raise MegaraDarkError(
+                f"not enough memory for the planes of the master dark: {shape[0]} x {shape[1]} "
+                f"pixels need {shape[0] * shape[1] * PLANE_BYTES_PER_PIXEL} bytes"
+            ) from None
         frames = [dark_set.frames[i] for i in used]
         scales = [dark_set.exptimes[i] for i in used] if self.unit == "rate" else None
         for rows, views in _trimmed_pieces([raws[i] for i in used], self.geometry):
@@ -415,7 +427,7 @@ class DarkRecipe:
         self, staged, products, dark_set, planes, result_qc, used, overscan, checksums, log
     ) -> dict:
         product_uuid = str(uuid.uuid4())
-        hdul = self._product_hdul(dark_set, planes, result_qc, used, overscan, product_uuid)
+        hdul = self._product_hdul(dark_set, planes, result_qc, used, overscan, product_uuid, log)
         tmp_fits = staged.stage(products.fits)
         # The log and the report are written after this step: they hold its timing.
         with log.step("write master dark"), writing(products.fits):
@@ -443,9 +455,9 @@ class DarkRecipe:
         staged.commit()
         return report
 
-    def _product_hdul(self, dark_set, planes, result_qc, used, overscan, product_uuid):
+    def _product_hdul(self, dark_set, planes, result_qc, used, overscan, product_uuid, log):
         first = dark_set.frames[used[0]]
-        header = first.primary_header.copy()
+        header = _writable_header(first, log)
         header.strip()
         for key in RAW_STRUCTURE_KEYS:
             header.remove(key, ignore_missing=True, remove_all=True)
@@ -590,6 +602,31 @@ def _physical(image: FitsImage, raw: np.ndarray) -> np.ndarray:
     if image.bscale == 1.0 and image.bzero == 0.0 and raw.dtype.kind == "f":
         return raw
     return raw.astype(np.float64) * image.bscale + image.bzero
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """One line for the log and the failure report: why the run stopped."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT or SIGTERM); no product was written"
+    if isinstance(exc, MegaraDarkError):  # its message already names the file and problem
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _writable_header(image: FitsImage, log: ProcessingLog) -> fits.Header:
+    """A copy of a frame's primary header without the cards astropy would refuse to
+    write (a corrupt keyword), each left out with a warning."""
+    cards = []
+    for card in image.primary_header.copy().cards:
+        try:
+            card.verify("exception")
+        except VerifyError as exc:
+            lines = str(exc).strip().splitlines()[1:-1]  # between astropy's head and note
+            reason = "; ".join(line.strip() for line in lines)
+            log.warning(f"{image.path}: header card left out of the product: {reason}")
+            continue
+        cards.append(card)
+    return fits.Header(cards)
 
 
 def _amplifier_pieces(frame, geometry):

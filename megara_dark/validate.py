@@ -55,6 +55,9 @@ class DarkSet:
     warnings: list[str] = field(default_factory=list)
 
 
+GAIN_KEYS = ("GAIN1", "GAIN2")  # e-/ADU of the two amplifiers, where the header has them
+
+
 def _text(header, key) -> str | None:
     value = header.get(key)
     return None if value is None else str(value).strip()
@@ -97,6 +100,10 @@ def frame_problems(image: FitsImage, geometry: detector.Geometry) -> list[str]:
     problem = exptime_problem(image)
     if problem:
         problems.append(problem)
+    for key in GAIN_KEYS:  # optional; the QC's e-/pixel/hour use them
+        value = h.get(key)
+        if key in h and not (_is_number(value) and value > 0):
+            problems.append(f"{path}: {key} must be a positive number of e-/ADU, got {value!r}")
     try:
         layout(image, geometry)
     except ValidationError as exc:

@@ -345,6 +345,22 @@ def write_variant(source, target, *, header=None, remove=(), data=None) -> Path:
     return Path(target)
 
 
+def header_end(data: bytes) -> int:
+    """Byte offset just after the END card of the primary header."""
+    for start in range(0, len(data), 80):
+        if data[start : start + 80].rstrip() == b"END":
+            return start + 80
+    raise AssertionError("no END card")
+
+
+def replace_card(path, key: str, text: str) -> None:
+    """Rewrite a header card's value field in place (values astropy refuses to write)."""
+    data = Path(path).read_bytes()
+    start = data.index(f"{key:8s}= ".encode())
+    card = f"{key:8s}= {text:>20s}".ljust(80).encode()
+    Path(path).write_bytes(data[:start] + card + data[start + 80 :])
+
+
 def _spline_fit(rows: np.ndarray, values: np.ndarray, knot: int) -> np.ndarray:
     """Least-squares cubic spline, one interior knot, in the truncated power basis."""
     x = (rows - rows[0]) / (rows[-1] - rows[0])
@@ -399,4 +415,13 @@ def dark_set(tmp_path):
     """Five raw darks and their master bias on RECIPE_GEOMETRY, in ``tmp_path / "raw"``."""
     return simulate_dark_set(
         tmp_path / "raw", nframes=5, seed=RECIPE_SEED, geometry=RECIPE_GEOMETRY, threads=1
+    )
+
+
+@pytest.fixture(scope="session")
+def megara_set(tmp_path_factory):
+    """Three full-size raw MEGARA darks and their master bias, simulated once per session
+    (for the command line, which has no small layout); never to be modified."""
+    return simulate_dark_set(
+        tmp_path_factory.mktemp("megara") / "raw", nframes=3, seed=RECIPE_SEED, threads=2
     )

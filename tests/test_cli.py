@@ -215,7 +215,7 @@ def test_validation_error_exit_2_names_the_file(raw_set, tmp_path):
     assert error_line(result.stderr) == (
         f"megara-dark: error: {text}: is not a FITS file (it does not start with SIMPLE = T)"
     )
-    assert result.stdout == "" and list(out.iterdir()) == []
+    assert result.stdout == "" and not out.exists()  # validation fails before it is made
     verbose = cli("run", frames[0], text, "--bias", bias, "--out", out, "--verbose", cwd=tmp_path)
     assert verbose.returncode == 2
     assert "Traceback (most recent call last):" in verbose.stderr
@@ -410,8 +410,12 @@ def test_interrupt_while_combining_exits_130_leaving_nothing(raw_set, signum, co
     assert stdout == ""
     assert error_line(rest) == "megara-dark: error: interrupted; no partial product was left"
     assert f"{ROWS}/{ROWS} rows" not in rest
-    # The old products are intact and nothing else (no temp file, no PNG) is there.
-    assert {p: p.read_bytes() for p in out.iterdir()} == old
+    # The old products are intact; the only new file is the failure report saying why.
+    failed = out / "master_dark.failed.json"
+    report = json.loads(failed.read_text())
+    assert report["status"] == "failed" and report["outputs"] == []
+    assert report["errors"] == ["interrupted (SIGINT or SIGTERM); no product was written"]
+    assert {p: p.read_bytes() for p in out.iterdir() if p != failed} == old
 
 
 # ---- a terminal --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from conftest import RECIPE_GEOMETRY, file_sha256, run_recipe, write_variant
 
 import megara_dark
 from megara_dark.combine import build_info
+from megara_dark.errors import MegaraDarkError
 from megara_dark.report import ProcessingLog, jsonable, report_schema, write_json
 
 STEPS = [
@@ -263,12 +264,12 @@ def test_a_run_failing_after_validation_leaves_a_failure_report(dark_set, tmp_pa
         raise MemoryError("no memory for the planes")
 
     monkeypatch.setattr("megara_dark.recipe.combine", broken)
-    with pytest.raises(MemoryError, match="no memory for the planes"):
+    with pytest.raises(MegaraDarkError, match=r"^not enough memory: no memory for the planes$"):
         run_recipe(dark_set.frames, dark_set.master_bias, out, overwrite=True)
     failure = json.loads((out / "master_dark.failed.json").read_text())
     assert schema_errors(failure) == []
     assert failure["status"] == "failed"
-    assert failure["errors"] == ["MemoryError: no memory for the planes"]
+    assert failure["errors"] == ["not enough memory: no memory for the planes"]
     assert [s["name"] for s in failure["steps"]][:2] == ["check outputs", "validate headers"]
     assert any("ERROR" in line and "no memory" in line for line in failure["log"])
     assert [i["path"] for i in failure["inputs"]] == [str(p) for p in dark_set.frames]

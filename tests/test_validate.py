@@ -14,7 +14,7 @@ import uuid
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import RECIPE_GEOMETRY, esc, run_recipe, write_variant
+from conftest import RECIPE_GEOMETRY, esc, replace_card, run_recipe, write_variant
 
 from megara_dark import recipe as recipe_module
 from megara_dark.errors import ValidationError
@@ -100,14 +100,6 @@ def test_a_processed_product_is_not_a_raw_dark(dark_set, tmp_path):
 # ---- EXPTIME ------------------------------------------------------------------------------------
 
 
-def replace_card(path, key: str, text: str) -> None:
-    """Rewrite a header card's value field in place (values astropy refuses to write)."""
-    data = path.read_bytes()
-    start = data.index(f"{key:8s}= ".encode())
-    card = f"{key:8s}= {text:>20s}".ljust(80).encode()
-    path.write_bytes(data[:start] + card + data[start + 80 :])
-
-
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
@@ -130,6 +122,16 @@ def test_exptime_not_a_finite_number(dark_set, tmp_path, text):
     frames = set_with(dark_set)
     replace_card(frames[0], "EXPTIME", text)
     with raises(f"{esc(frames[0])}: EXPTIME is not a number: '{text}'"):
+        run_recipe(frames, dark_set.master_bias, tmp_path / "out")
+
+
+@pytest.mark.parametrize(("key", "text"), [("GAIN1", "'MEGARA'"), ("GAIN2", "0"), ("GAIN1", "NaN")])
+def test_gain_not_a_positive_number(dark_set, tmp_path, key, text):
+    """The QC converts ADU to electrons with GAIN1/GAIN2 where a frame has them."""
+    frames = set_with(dark_set)
+    replace_card(frames[0], key, text)
+    shown = {"'MEGARA'": "'MEGARA'", "0": "0", "NaN": "'NaN'"}[text]
+    with raises(f"{esc(frames[0])}: {key} must be a positive number of e-/ADU, got {esc(shown)}"):
         run_recipe(frames, dark_set.master_bias, tmp_path / "out")
 
 
