@@ -242,15 +242,14 @@ def peer_skip_reason(peer: str, case: Case, shape, mem_avail: int) -> str:
 
 def bench_recipe(work: Path, repeats: int, timeout: float) -> list[Row]:
     """The whole recipe on 11 simulated raw FITS frames on disk (warm page cache), from the
-    command line to the master dark, log and report written (no quick-look PNG).
+    command line to the master dark, log and report written (no quick-look PNG), and
+    megaradrp's DarkRecipe on the same files through ``numina run``.
 
-    Each run is a fresh ``python -m megara_dark run`` process, timed from its start to its
-    exit, after one untimed run.  megaradrp's DarkRecipe on the same files is not wired yet.
+    Each run is a fresh process, timed from its start to its exit, after one untimed run.
     """
     case, tool = "recipe, 11 raw FITS frames", "python -m megara_dark run --no-png"
     row = Row(case, "median", tool, "files", spec={})
-    megaradrp = Row(case, "median", "megaradrp DarkRecipe", "files", spec={})
-    megaradrp.skip("not wired yet (bench_recipe)")
+    megaradrp = Row(case, "median", "megaradrp DarkRecipe (numina run)", "files", spec={})
     if importlib.util.find_spec("megara_dark.recipe") is None:
         row.skip("megara_dark.recipe does not exist yet")
         return [row, megaradrp]
@@ -260,21 +259,61 @@ def bench_recipe(work: Path, repeats: int, timeout: float) -> list[Row]:
         row.status, row.note = "failed", "simulate: " + (sim.stderr or ["timed out"])[-1]
         return [row, megaradrp]
     *frames, bias = sim.stdout
+    commands = [
+        [*cli, "run", *frames, "--bias", bias, "--out", f"reduced_{i}", "--no-png", "--quiet"]
+        for i in range(repeats + 1)
+    ]
+    time_commands(row, commands, work, timeout)
+    if row.status != "failed":
+        row.note = "wall time of the process; simulated frames: megara_dark simulate"
+    numina = Path(sys.executable).with_name("numina")
+    if importlib.util.find_spec("megaradrp") is None or not numina.exists():
+        megaradrp.skip("megaradrp (numina run) is not installed")
+        return [row, megaradrp]
+    folders = [numina_run_folder(work / f"numina_{i}", work, frames, bias) for i in range(3)]
+    commands = [[str(numina), "run", "ob.yaml", "-r", "control.yaml"] for _ in folders]
+    time_commands(megaradrp, commands, folders, timeout)
+    if megaradrp.status != "failed":
+        megaradrp.note = "numina run ob.yaml (frames linked; numina copies them to its work folder)"
+    return [row, megaradrp]
+
+
+def numina_run_folder(folder: Path, work: Path, frames: list[str], bias: str) -> Path:
+    """A folder where ``numina run ob.yaml -r control.yaml`` reduces the set with megaradrp."""
+    from astropy.io import fits
+
+    (folder / "data").mkdir(parents=True)
+    for path in [*frames, bias]:
+        (folder / "data" / Path(path).name).symlink_to((work / path).resolve())
+    names = ", ".join(Path(p).name for p in frames)
+    (folder / "ob.yaml").write_text(
+        f"id: dark-bench\ninstrument: MEGARA\nmode: MegaraDarkImage\nframes: [{names}]\n"
+    )
+    insconf = fits.getheader(work / frames[0])["INSCONF"]
+    (folder / "control.yaml").write_text(
+        "version: 1\nproducts:\n  MEGARA:\n"
+        f"    {insconf}:\n"
+        f"      - {{id: 1, type: MasterBias, tags: {{}}, content: {Path(bias).name}}}\n"
+    )
+    return folder
+
+
+def time_commands(row: Row, commands: list[list[str]], cwd, timeout: float) -> None:
+    """Run the commands one after the other (``cwd``: one folder, or one per command); the
+    first is untimed (a warm-up), the median of the others is the row's time."""
+    folders = cwd if isinstance(cwd, list) else [cwd] * len(commands)
     runs = []
-    for i in range(repeats + 1):
-        cmd = [*cli, "run", *frames, "--bias", bias, "--out", f"reduced_{i}", "--no-png"]
-        run = run_command([*cmd, "--quiet"], timeout, cwd=work)
+    for command, folder in zip(commands, folders, strict=True):
+        run = run_command(command, timeout, cwd=folder)
         if run.returncode != 0:
             row.status, row.note = "failed", (run.stderr or ["timed out"])[-1]
-            return [row, megaradrp]
+            return
         runs.append(run)
     row.first_call_s = runs[0].wall_s
     row.times = [r.wall_s for r in runs[1:]]
     row.time_s = statistics.median(row.times)
     row.peak_anon_mib = max(r.peak_anon_mib for r in runs)
     row.cpu_wait = statistics.median(r.cpu_wait or 0.0 for r in runs)
-    row.note = "wall time of the process; simulated frames: megara_dark simulate"
-    return [row, megaradrp]
 
 
 # ---- data -----------------------------------------------------------------------------------
