@@ -15,6 +15,7 @@
  * never depends on its neighbours, the tile width or the thread count.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,6 +84,57 @@ static size_t tile_width(size_t nframes)
     return tw;
 }
 
+/* ---- exact division by a small integer ---------------------------------------- */
+
+/*
+ * dst[x] = num[x] / b, correctly rounded (the bits of the division), for b a
+ * positive integer below 2^50; may return 0 after writing dst, when some
+ * numerator lies outside the range the method is proven for (the caller then
+ * divides).  With y = RN(1/b), q = RN(a y) lies within 2 ulp of a/b, so the
+ * remainder r = a - q b is a multiple of ulp(a/b)/2 below 4b of them: the
+ * FMA gets it exactly.  q + r y = a/b + r (y - 1/b) is then within
+ * 2^-104 * 2^e of a/b (2^e <= |a/b|), while a/b, never a midpoint (that needs
+ * 54 significant bits times b's odd part, more than a's 53), lies at least
+ * 2^(e-54) / b from any: RN(q + r y) = RN(a/b).  The bounds need a/b normal
+ * and a b q finite, hence the range; a = +-0 gives +0, signed as a.
+ */
+#define MD_DIVIDE_BODY                                                                            \
+    {                                                                                             \
+        const double y = 1.0 / b;                                                                 \
+        uint64_t ok = 1; /* as wide as a double: simpler vector code */                           \
+        for (size_t x = 0; x < w; x++) {                                                          \
+            const double a = num[x], m = fabs(a);                                                 \
+            const double q = a * y;                                                               \
+            const double r = __builtin_fma(-q, b, a);                                             \
+            ok &= (m >= 0x1p-960 && m <= 0x1p960) | (m == 0.0);                                   \
+            dst[x] = copysign(__builtin_fma(r, y, q), a);                                         \
+        }                                                                                         \
+        return ok != 0;                                                                           \
+    }
+
+#if MD_CLONES && __GNUC__ >= 12
+__attribute__((target("arch=x86-64-v4"))) static int divide_v4(double *restrict dst,
+                                                               const double *restrict num,
+                                                               size_t w, double b)
+MD_DIVIDE_BODY
+__attribute__((target("arch=x86-64-v3"))) static int divide_v3(double *restrict dst,
+                                                               const double *restrict num,
+                                                               size_t w, double b)
+MD_DIVIDE_BODY
+#endif
+
+/* dst[x] = num[x] / b for x < w, b a positive integer: by multiplications
+ * where the CPU has FMA and the method applies, else by division. */
+static void divide(double *restrict dst, const double *restrict num, size_t w, double b)
+{
+#if MD_CLONES && __GNUC__ >= 12
+    const int small = b < 0x1p50;
+    if (small && __builtin_cpu_supports("x86-64-v4") && divide_v4(dst, num, w, b)) return;
+    if (small && __builtin_cpu_supports("x86-64-v3") && divide_v3(dst, num, w, b)) return;
+#endif
+    for (size_t x = 0; x < w; x++) dst[x] = num[x] / b;
+}
+
 /* ---- argument checks ----------------------------------------------------- */
 
 static int image_ok(const md_image *im)
@@ -141,6 +193,9 @@ typedef struct workspace {
     double *pv, *pw;     /* nframes values/weights of one pixel */
     md_vclip_scratch vc; /* rejection across columns (md_vclip.c) */
     double *vc_doubles;  /* memory of vc */
+    int have_sums;       /* the tile is clean and swx holds its column sums */
+    int skip, backoff;   /* tiles gather_clean skips, and how many after a miss */
+    int all_used;        /* npix = nframes and nrejected = 0: npix/nrej not set */
 } workspace;
 
 static void workspace_free(workspace *ws)
@@ -169,6 +224,15 @@ static void vclip_layout(workspace *ws, size_t nframes, size_t tw)
     vc->pv = ws->pv;
 }
 
+/* n zeroed doubles on a cache-line boundary (vector loads and stores of a
+ * tile row then never straddle two lines), or NULL; free with free(). */
+static double *alloc_doubles(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n * sizeof(double)) != 0) return NULL;
+    return memset(p, 0, n * sizeof(double));
+}
+
 /* tw is a multiple of MD_STRIP; memory is zeroed so padding is defined. */
 static int workspace_alloc(workspace *ws, size_t nframes, size_t tw)
 {
@@ -176,13 +240,13 @@ static int workspace_alloc(workspace *ws, size_t nframes, size_t tw)
     double **planes[] = {&ws->bias, &ws->nbad, &ws->ngood, &ws->sw, &ws->sww, &ws->swx,
                          &ws->mean, &ws->ss, &ws->value, &ws->variance, &ws->npix, &ws->nrej};
     const size_t nplanes = sizeof planes / sizeof planes[0];
-    ws->tile = calloc(nframes * tw, sizeof(double));
+    ws->tile = alloc_doubles(nframes * tw);
     ws->rows = malloc(nframes * sizeof(double *));
     ws->mask = calloc(tw, 1);
-    ws->bias = calloc(nplanes * tw, sizeof(double)); /* one block for the tw-long arrays */
+    ws->bias = alloc_doubles(nplanes * tw); /* one block for the tw-long arrays */
     ws->pv = malloc(nframes * sizeof(double));
     ws->pw = malloc(nframes * sizeof(double));
-    ws->vc_doubles = calloc((MD_VCLIP_DOUBLES + nframes) * tw, sizeof(double));
+    ws->vc_doubles = alloc_doubles((MD_VCLIP_DOUBLES + nframes) * tw);
     ws->vc.dev_rows = malloc(nframes * sizeof(double *));
     if (!ws->tile || !ws->rows || !ws->mask || !ws->bias || !ws->pv || !ws->pw
         || !ws->vc_doubles || !ws->vc.dev_rows) {
@@ -233,6 +297,31 @@ MD_HOT static void gather(const md_inputs *in, workspace *ws, size_t y, size_t x
             nbad[x] += bad ? 1.0 : 0.0;
         }
     }
+}
+
+/*
+ * The gather of a tile with no frame masked, zeroed or scaled, in one cheap
+ * pass: rows[i][0..w) as gather() stores good values, and their column sums
+ * in frame order in ws->swx (bad values are not marked, but make a sum NaN
+ * or infinite).  Returns 1 when every sum is finite, so every value is good
+ * and gather() would have stored the same tile (nbad is then zeroed);
+ * otherwise 0, and the tile must be gathered again by gather().
+ */
+MD_HOT static int gather_clean(const md_inputs *in, workspace *ws, size_t y, size_t x0, size_t w)
+{
+    double *restrict sum = ws->swx;
+    double *restrict offs = ws->pw;
+    for (size_t x = 0; x < w; x++) sum[x] = 0.0;
+    for (size_t i = 0; i < in->nframes; i++)
+        offs[i] = in->row_offsets ? in->row_offsets[i * in->ny + y] : 0.0;
+    if (in->bias) md_load_values(in->bias, y, x0, w, ws->bias); /* else it holds zeros */
+    md_load_sum(in->frames, in->nframes, y, x0, w, ws->bias, in->bias != NULL, offs, ws->rows,
+                sum);
+    int bad = 0;
+    for (size_t x = 0; x < w; x++) bad |= !(sum[x] - sum[x] == 0.0);
+    if (bad) return 0;
+    memset(ws->nbad, 0, w * sizeof(double));
+    return 1;
 }
 
 /*
@@ -318,32 +407,92 @@ static const md_kernels *kernels_for(size_t nframes)
 /* 1 when no value of the tile's w columns is bad. */
 static int tile_is_clean(const workspace *ws, size_t w)
 {
-    double bad = 0.0;
-    for (size_t x = 0; x < w; x++) bad += ws->nbad[x];
-    return bad == 0.0;
+    int bad = 0;
+    for (size_t x = 0; x < w; x++) bad |= ws->nbad[x] != 0.0;
+    return !bad;
 }
 
-/* npix = nframes and nrejected = 0 for every column. */
-static void all_used(workspace *ws, size_t nframes, size_t w)
+/* npix = nframes and nrejected = 0 for every column (see store_tile). */
+static void all_used(workspace *ws)
 {
-    for (size_t x = 0; x < w; x++) {
-        ws->npix[x] = (double)nframes;
-        ws->nrej[x] = 0.0;
+    ws->all_used = 1;
+}
+
+/*
+ * Column sums (swx), and with want_mean or want_var the means (mean), and with
+ * want_var the variances, of a tile holding no bad value, without weights:
+ * what column_moments and column_variances give N good values, by the same
+ * operations in the same order, the divisions done by divide().  The sums
+ * are gather_clean's when it gathered the tile.
+ */
+MD_HOT static void clean_moments(const md_inputs *in, const md_params *p, workspace *ws,
+                                 size_t w, int want_mean, int want_var)
+{
+    const size_t nf = in->nframes;
+    const double n = (double)nf;
+    double *restrict s = ws->swx, *restrict mu = ws->mean, *restrict q = ws->ss;
+    if (!ws->have_sums) {
+        for (size_t x = 0; x < w; x++) s[x] = 0.0;
+        for (size_t i = 0; i < nf; i++) {
+            const double *restrict r = ws->rows[i];
+            for (size_t x = 0; x < w; x++) s[x] += r[x];
+        }
     }
+    if (!want_mean && !want_var) return;
+    divide(mu, s, w, n);
+    if (!want_var) return;
+    double *restrict var = ws->variance;
+    if (nf < 2) {
+        for (size_t x = 0; x < w; x++) var[x] = NAN;
+        return;
+    }
+    /* q = sum over frames of (x - mean)^2, four frames per sweep. */
+    for (size_t x = 0; x < w; x++) q[x] = 0.0;
+    size_t i = 0;
+    for (; i + 4 <= nf; i += 4) {
+        const double *restrict r0 = ws->rows[i], *restrict r1 = ws->rows[i + 1];
+        const double *restrict r2 = ws->rows[i + 2], *restrict r3 = ws->rows[i + 3];
+        for (size_t x = 0; x < w; x++) {
+            const double m = mu[x];
+            double acc = q[x], d;
+            d = r0[x] - m;
+            acc += d * d;
+            d = r1[x] - m;
+            acc += d * d;
+            d = r2[x] - m;
+            acc += d * d;
+            d = r3[x] - m;
+            acc += d * d;
+            q[x] = acc;
+        }
+    }
+    for (; i < nf; i++) {
+        const double *restrict r = ws->rows[i];
+        for (size_t x = 0; x < w; x++) {
+            const double d = r[x] - mu[x];
+            q[x] += d * d;
+        }
+    }
+    /* var_factor[n] * (q / (n - n / n)) * n / (n * n), as column_variances */
+    const double k = p->var_factor[nf];
+    double *restrict t = ws->sw;
+    divide(t, q, w, n - n / n);
+    for (size_t x = 0; x < w; x++) t[x] = k * t[x] * n;
+    divide(var, t, w, n * n);
 }
 
 MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, workspace *ws,
                                     size_t w, int want_var)
 {
-    const md_kernels *kernels = kernels_for(in->nframes);
-    if (kernels && !in->weights && tile_is_clean(ws, w)) {
-        kernels->mean(ws->rows, w, p->var_factor[in->nframes], p->method == MD_SUM, ws->value,
-                      want_var ? ws->variance : NULL);
-        all_used(ws, in->nframes, w);
+    const int sum = p->method == MD_SUM;
+    if (!in->weights && tile_is_clean(ws, w)) {
+        clean_moments(in, p, ws, w, !sum, want_var);
+        memcpy(ws->value, sum ? ws->swx : ws->mean, w * sizeof(double));
+        all_used(ws);
         return;
     }
     column_moments(in->nframes, in->weights, ws, w, want_var);
-    const double *restrict sums = p->method == MD_SUM ? ws->swx : ws->mean;
+    const double *restrict sums = sum ? ws->swx : ws->mean;
     for (size_t x = 0; x < w; x++) {
         ws->value[x] = ws->ngood[x] > 0.0 ? sums[x] : p->fill;
         ws->npix[x] = ws->ngood[x];
@@ -357,14 +506,17 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
 {
     const size_t nf = in->nframes;
     const md_kernels *kernels = kernels_for(nf);
-    if (kernels && tile_is_clean(ws, w)) {
-        kernels->median(ws->rows, w, p->var_factor[nf], ws->value, want_var ? ws->variance : NULL);
-        all_used(ws, nf, w);
-        return;
-    }
-    if (want_var) {
-        column_moments(nf, NULL, ws, w, 1); /* the median ignores weights */
+    const int clean = tile_is_clean(ws, w);
+    if (want_var && clean) { /* the median ignores weights */
+        clean_moments(in, p, ws, w, 0, 1);
+    } else if (want_var) {
+        column_moments(nf, NULL, ws, w, 1);
         column_variances(p, ws, w);
+    }
+    if (kernels && clean) {
+        kernels->median(ws->rows, w, ws->value);
+        all_used(ws);
+        return;
     }
     if (net) { /* every column as if it had no bad value; those that do are redone below */
         md_network_apply(net, ws->rows, w);
@@ -414,29 +566,48 @@ MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const
     }
 }
 
-static void store_tile(const md_outputs *out, const workspace *ws, size_t y, size_t x0, size_t w)
+static void store_tile(const md_outputs *out, const workspace *ws, size_t nframes, size_t y,
+                       size_t x0, size_t w)
 {
     md_store_row(&out->value, y, x0, w, ws->value);
     if (out->variance.data) md_store_row(&out->variance, y, x0, w, ws->variance);
+    if (ws->all_used) {
+        if (out->npix.data) md_fill_row(&out->npix, y, x0, w, (double)nframes);
+        if (out->nrejected.data) md_fill_row(&out->nrejected, y, x0, w, 0.0);
+        return;
+    }
     if (out->npix.data) md_store_row(&out->npix, y, x0, w, ws->npix);
     if (out->nrejected.data) md_store_row(&out->nrejected, y, x0, w, ws->nrej);
 }
 
 static void combine_rows(const md_inputs *in, const md_params *p, const md_outputs *out,
-                         const md_network *net, workspace *ws, size_t tw, size_t y0, size_t y1)
+                         const md_network *net, workspace *ws, size_t tw, size_t y0, size_t y1,
+                         int try_clean)
 {
     const int want_var = out->variance.data != NULL;
     for (size_t y = y0; y < y1; y++) {
         for (size_t x0 = 0; x0 < in->nx; x0 += tw) {
             const size_t w = in->nx - x0 < tw ? in->nx - x0 : tw;
-            gather(in, ws, y, x0, w);
+            /* Both gathers store the same tile; after a tile gather_clean
+             * found bad values, it is skipped for 1, 2, 4 ... 64 tiles. */
+            ws->have_sums = 0;
+            if (try_clean && ws->skip == 0) {
+                ws->have_sums = gather_clean(in, ws, y, x0, w);
+                ws->backoff = ws->have_sums ? 0 : ws->backoff ? 2 * ws->backoff : 1;
+                if (ws->backoff > 64) ws->backoff = 64;
+                ws->skip = ws->backoff;
+            } else if (ws->skip > 0) {
+                ws->skip--;
+            }
+            if (!ws->have_sums) gather(in, ws, y, x0, w);
+            ws->all_used = 0;
             switch (p->method) {
             case MD_MEAN:
             case MD_SUM: tile_mean_or_sum(in, p, ws, w, want_var); break;
             case MD_MEDIAN: tile_median(in, p, net, ws, w, want_var); break;
             default: tile_rejection(in, p, net, ws, w); break;
             }
-            store_tile(out, ws, y, x0, w);
+            store_tile(out, ws, in->nframes, y, x0, w);
         }
     }
 }
@@ -463,6 +634,15 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     if (use_net) {
         const int status = md_network_build(&net, (int)in->nframes, p->method == MD_MEDIAN);
         if (status != MD_OK) return status;
+    }
+
+    /* gather_clean applies when no frame is masked or normalised (as gather()
+     * decides it: a zero of 0 and a scale of 1 are no normalisation). */
+    int try_clean = 1;
+    for (size_t i = 0; i < in->nframes; i++) {
+        if (in->masks && in->masks[i].data) try_clean = 0;
+        if (in->zeros && in->zeros[i] != 0.0) try_clean = 0;
+        if (in->scales && in->scales[i] != 1.0) try_clean = 0;
     }
 
     const size_t tw = tile_width(in->nframes);
@@ -500,7 +680,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
             if (failed != MD_OK) continue;
             const size_t y0 = row_begin + b * block_rows;
             const size_t y1 = y0 + block_rows < row_end ? y0 + block_rows : row_end;
-            combine_rows(in, p, out, use_net ? &net : NULL, &ws, tw, y0, y1);
+            combine_rows(in, p, out, use_net ? &net : NULL, &ws, tw, y0, y1, try_clean);
         }
         workspace_free(&ws);
     }

@@ -18,8 +18,10 @@
  */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(MD_NO_CLONES)
+#define MD_CLONES 1
 #define MD_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
+#define MD_CLONES 0
 #define MD_HOT
 #endif
 
@@ -37,11 +39,23 @@ void md_load_values(const md_image *im, size_t y, size_t x0, size_t w, double *d
 void md_load_corrected(const md_image *im, size_t y, size_t x0, size_t w, const double *sub,
                        double off, double *dst, double *nbad);
 
+/* For the count frames ims[j]: dst[j][k] = (physical(y, x0 + k) - sub[k]) -
+ * offs[j], with NaN for BLANK and no other check (sub: the bias row, zeros
+ * when with_bias is 0), and sum[k] += dst[j][k] in frame order: the bits
+ * md_load_corrected gives every finite value. */
+void md_load_sum(const md_image *ims, size_t count, size_t y, size_t x0, size_t w,
+                 const double *sub, int with_bias, const double *offs, double *const *dst,
+                 double *sum);
+
 /* dst[k] = 1 where the mask pixel (y, x0 + k) is non-zero, else 0. */
 void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned char *dst);
 
 /* Store src[0..w) into row y, columns x0.., of an output plane. */
 void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src);
+
+/* Store the value v into row y, columns x0..x0 + w, of an output plane (as
+ * md_store_row would store w copies of it). */
+void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, double v);
 
 /* Size in bytes of one pixel of a dtype, 0 when the dtype is unknown. */
 size_t md_dtype_size(int dtype);
@@ -78,16 +92,13 @@ void md_sort(double *v, double *wt, size_t n);
 
 /*
  * For N <= MD_KERNEL_MAX_FRAMES frames and a tile whose N rows hold no bad
- * value: median (and variance), mean or sum (and variance), and the full sort
- * of every column, with the column's values in registers.  k is the variance
- * factor for n = N; variance may be NULL.  Same bits as the generic paths.
+ * value: the median and the full sort of every column, with the column's
+ * values in registers.  Same bits as the generic paths.
  */
 #define MD_KERNEL_MAX_FRAMES 24
 
 typedef struct md_kernels {
-    void (*median)(double *const *rows, size_t w, double k, double *value, double *variance);
-    void (*mean)(double *const *rows, size_t w, double k, int sum, double *value,
-                 double *variance);
+    void (*median)(double *const *rows, size_t w, double *value);
     void (*sort)(double *const *rows, size_t w);
 } md_kernels;
 

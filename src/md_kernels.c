@@ -6,48 +6,13 @@
 /* Compare-exchange: the min/max shapes the compiler maps to vector min/max. */
 #define MD_CMPX(a, b) do { const double lo_ = a < b ? a : b; b = b < a ? a : b; a = lo_; } while (0)
 
-MD_HOT static void md_kmedian_1(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_1(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double s = 0.0; s += v0;
-        const double mu = s / 1.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d;
-        variance[x] = NAN;
-
-            value[x] = v0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
 
-            value[x] = v0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_1(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double s = 0.0; s += v0;
-        const double mu = s / 1.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = NAN;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-            double s = 0.0; s += v0;
-            value[x] = sum ? s : s / 1.0;
-        }
+        value[x] = v0;
     }
 }
 
@@ -63,54 +28,15 @@ MD_HOT static void md_ksort_1(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_2(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_2(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double s = 0.0; s += v0; s += v1;
-        const double mu = s / 2.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d;
-        variance[x] = k * (q / (2.0 - 2.0 / 2.0)) * 2.0 / (2.0 * 2.0);
-        MD_CMPX(v0, v1);
-            value[x] = (v0 + v1) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         MD_CMPX(v0, v1);
-            value[x] = (v0 + v1) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_2(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double s = 0.0; s += v0; s += v1;
-        const double mu = s / 2.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (2.0 - 2.0 / 2.0)) * 2.0 / (2.0 * 2.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-            double s = 0.0; s += v0; s += v1;
-            value[x] = sum ? s : s / 2.0;
-        }
+        value[x] = (v0 + v1) / 2.0;
     }
 }
 
@@ -129,64 +55,19 @@ MD_HOT static void md_ksort_2(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_3(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_3(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
     const double *restrict r2 = rows[2];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double s = 0.0; s += v0; s += v1; s += v2;
-        const double mu = s / 3.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d;
-        variance[x] = k * (q / (3.0 - 3.0 / 3.0)) * 3.0 / (3.0 * 3.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v2);
-            value[x] = v1;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
         MD_CMPX(v0, v1);
         MD_CMPX(v0, v2);
         MD_CMPX(v1, v2);
-            value[x] = v1;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_3(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double s = 0.0; s += v0; s += v1; s += v2;
-        const double mu = s / 3.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (3.0 - 3.0 / 3.0)) * 3.0 / (3.0 * 3.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-            double s = 0.0; s += v0; s += v1; s += v2;
-            value[x] = sum ? s : s / 3.0;
-        }
+        value[x] = v1;
     }
 }
 
@@ -210,32 +91,13 @@ MD_HOT static void md_ksort_3(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_4(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_4(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
     const double *restrict r2 = rows[2];
     const double *restrict r3 = rows[3];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3;
-        const double mu = s / 4.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d;
-        variance[x] = k * (q / (4.0 - 4.0 / 4.0)) * 4.0 / (4.0 * 4.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v1, v2);
-            value[x] = (v1 + v2) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -245,39 +107,7 @@ MD_HOT static void md_kmedian_4(double *const *rows, size_t w, double k,
         MD_CMPX(v0, v2);
         MD_CMPX(v1, v3);
         MD_CMPX(v1, v2);
-            value[x] = (v1 + v2) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_4(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3;
-        const double mu = s / 4.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (4.0 - 4.0 / 4.0)) * 4.0 / (4.0 * 4.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3;
-            value[x] = sum ? s : s / 4.0;
-        }
+        value[x] = (v1 + v2) / 2.0;
     }
 }
 
@@ -306,37 +136,14 @@ MD_HOT static void md_ksort_4(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_5(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_5(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
     const double *restrict r2 = rows[2];
     const double *restrict r3 = rows[3];
     const double *restrict r4 = rows[4];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4;
-        const double mu = s / 5.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d;
-        variance[x] = k * (q / (5.0 - 5.0 / 5.0)) * 5.0 / (5.0 * 5.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v1, v2);
-            value[x] = v2;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -350,42 +157,7 @@ MD_HOT static void md_kmedian_5(double *const *rows, size_t w, double k,
         MD_CMPX(v0, v4);
         MD_CMPX(v2, v4);
         MD_CMPX(v1, v2);
-            value[x] = v2;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_5(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4;
-        const double mu = s / 5.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (5.0 - 5.0 / 5.0)) * 5.0 / (5.0 * 5.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4;
-            value[x] = sum ? s : s / 5.0;
-        }
+        value[x] = v2;
     }
 }
 
@@ -421,8 +193,7 @@ MD_HOT static void md_ksort_5(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_6(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_6(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -430,34 +201,7 @@ MD_HOT static void md_kmedian_6(double *const *rows, size_t w, double k,
     const double *restrict r3 = rows[3];
     const double *restrict r4 = rows[4];
     const double *restrict r5 = rows[5];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5;
-        const double mu = s / 6.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d;
-        variance[x] = k * (q / (6.0 - 6.0 / 6.0)) * 6.0 / (6.0 * 6.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-            value[x] = (v2 + v3) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -476,45 +220,7 @@ MD_HOT static void md_kmedian_6(double *const *rows, size_t w, double k,
         MD_CMPX(v3, v5);
         MD_CMPX(v1, v2);
         MD_CMPX(v3, v4);
-            value[x] = (v2 + v3) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_6(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5;
-        const double mu = s / 6.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (6.0 - 6.0 / 6.0)) * 6.0 / (6.0 * 6.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5;
-            value[x] = sum ? s : s / 6.0;
-        }
+        value[x] = (v2 + v3) / 2.0;
     }
 }
 
@@ -556,8 +262,7 @@ MD_HOT static void md_ksort_6(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_7(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_7(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -566,37 +271,7 @@ MD_HOT static void md_kmedian_7(double *const *rows, size_t w, double k,
     const double *restrict r4 = rows[4];
     const double *restrict r5 = rows[5];
     const double *restrict r6 = rows[6];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6;
-        const double mu = s / 7.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d;
-        variance[x] = k * (q / (7.0 - 7.0 / 7.0)) * 7.0 / (7.0 * 7.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v3, v4);
-            value[x] = v3;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -618,48 +293,7 @@ MD_HOT static void md_kmedian_7(double *const *rows, size_t w, double k,
         MD_CMPX(v2, v4);
         MD_CMPX(v3, v5);
         MD_CMPX(v3, v4);
-            value[x] = v3;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_7(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6;
-        const double mu = s / 7.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (7.0 - 7.0 / 7.0)) * 7.0 / (7.0 * 7.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6;
-            value[x] = sum ? s : s / 7.0;
-        }
+        value[x] = v3;
     }
 }
 
@@ -708,8 +342,7 @@ MD_HOT static void md_ksort_7(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_8(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_8(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -719,41 +352,7 @@ MD_HOT static void md_kmedian_8(double *const *rows, size_t w, double k,
     const double *restrict r5 = rows[5];
     const double *restrict r6 = rows[6];
     const double *restrict r7 = rows[7];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7;
-        const double mu = s / 8.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d;
-        variance[x] = k * (q / (8.0 - 8.0 / 8.0)) * 8.0 / (8.0 * 8.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v3, v4);
-            value[x] = (v3 + v4) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -779,51 +378,7 @@ MD_HOT static void md_kmedian_8(double *const *rows, size_t w, double k,
         MD_CMPX(v2, v4);
         MD_CMPX(v3, v5);
         MD_CMPX(v3, v4);
-            value[x] = (v3 + v4) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_8(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7;
-        const double mu = s / 8.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (8.0 - 8.0 / 8.0)) * 8.0 / (8.0 * 8.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7;
-            value[x] = sum ? s : s / 8.0;
-        }
+        value[x] = (v3 + v4) / 2.0;
     }
 }
 
@@ -878,8 +433,7 @@ MD_HOT static void md_ksort_8(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_9(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_9(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -890,49 +444,7 @@ MD_HOT static void md_kmedian_9(double *const *rows, size_t w, double k,
     const double *restrict r6 = rows[6];
     const double *restrict r7 = rows[7];
     const double *restrict r8 = rows[8];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8;
-        const double mu = s / 9.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d;
-        variance[x] = k * (q / (9.0 - 9.0 / 9.0)) * 9.0 / (9.0 * 9.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v3, v4);
-            value[x] = v4;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -966,54 +478,7 @@ MD_HOT static void md_kmedian_9(double *const *rows, size_t w, double k,
         MD_CMPX(v2, v4);
         MD_CMPX(v3, v5);
         MD_CMPX(v3, v4);
-            value[x] = v4;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_9(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8;
-        const double mu = s / 9.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (9.0 - 9.0 / 9.0)) * 9.0 / (9.0 * 9.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8;
-            value[x] = sum ? s : s / 9.0;
-        }
+        value[x] = v4;
     }
 }
 
@@ -1080,8 +545,7 @@ MD_HOT static void md_ksort_9(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_10(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_10(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -1093,55 +557,7 @@ MD_HOT static void md_kmedian_10(double *const *rows, size_t w, double k,
     const double *restrict r7 = rows[7];
     const double *restrict r8 = rows[8];
     const double *restrict r9 = rows[9];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9;
-        const double mu = s / 10.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d;
-        variance[x] = k * (q / (10.0 - 10.0 / 10.0)) * 10.0 / (10.0 * 10.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-            value[x] = (v4 + v5) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -1181,57 +597,7 @@ MD_HOT static void md_kmedian_10(double *const *rows, size_t w, double k,
         MD_CMPX(v6, v8);
         MD_CMPX(v3, v4);
         MD_CMPX(v5, v6);
-            value[x] = (v4 + v5) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_10(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9;
-        const double mu = s / 10.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (10.0 - 10.0 / 10.0)) * 10.0 / (10.0 * 10.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9;
-            value[x] = sum ? s : s / 10.0;
-        }
+        value[x] = (v4 + v5) / 2.0;
     }
 }
 
@@ -1305,8 +671,7 @@ MD_HOT static void md_ksort_10(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_11(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_11(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -1319,59 +684,7 @@ MD_HOT static void md_kmedian_11(double *const *rows, size_t w, double k,
     const double *restrict r8 = rows[8];
     const double *restrict r9 = rows[9];
     const double *restrict r10 = rows[10];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10;
-        const double mu = s / 11.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d;
-        variance[x] = k * (q / (11.0 - 11.0 / 11.0)) * 11.0 / (11.0 * 11.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v5, v6);
-            value[x] = v5;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -1415,60 +728,7 @@ MD_HOT static void md_kmedian_11(double *const *rows, size_t w, double k,
         MD_CMPX(v3, v5);
         MD_CMPX(v6, v8);
         MD_CMPX(v5, v6);
-            value[x] = v5;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_11(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10;
-        const double mu = s / 11.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (11.0 - 11.0 / 11.0)) * 11.0 / (11.0 * 11.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10;
-            value[x] = sum ? s : s / 11.0;
-        }
+        value[x] = v5;
     }
 }
 
@@ -1551,8 +811,7 @@ MD_HOT static void md_ksort_11(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_12(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_12(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -1566,63 +825,7 @@ MD_HOT static void md_kmedian_12(double *const *rows, size_t w, double k,
     const double *restrict r9 = rows[9];
     const double *restrict r10 = rows[10];
     const double *restrict r11 = rows[11];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11;
-        const double mu = s / 12.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d;
-        variance[x] = k * (q / (12.0 - 12.0 / 12.0)) * 12.0 / (12.0 * 12.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v5, v6);
-            value[x] = (v5 + v6) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -1670,63 +873,7 @@ MD_HOT static void md_kmedian_12(double *const *rows, size_t w, double k,
         MD_CMPX(v3, v5);
         MD_CMPX(v6, v8);
         MD_CMPX(v5, v6);
-            value[x] = (v5 + v6) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_12(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11;
-        const double mu = s / 12.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (12.0 - 12.0 / 12.0)) * 12.0 / (12.0 * 12.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11;
-            value[x] = sum ? s : s / 12.0;
-        }
+        value[x] = (v5 + v6) / 2.0;
     }
 }
 
@@ -1816,8 +963,7 @@ MD_HOT static void md_ksort_12(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_13(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_13(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -1832,68 +978,7 @@ MD_HOT static void md_kmedian_13(double *const *rows, size_t w, double k,
     const double *restrict r10 = rows[10];
     const double *restrict r11 = rows[11];
     const double *restrict r12 = rows[12];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12;
-        const double mu = s / 13.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d;
-        variance[x] = k * (q / (13.0 - 13.0 / 13.0)) * 13.0 / (13.0 * 13.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v5, v6);
-            value[x] = v6;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -1946,66 +1031,7 @@ MD_HOT static void md_kmedian_13(double *const *rows, size_t w, double k,
         MD_CMPX(v3, v5);
         MD_CMPX(v6, v8);
         MD_CMPX(v5, v6);
-            value[x] = v6;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_13(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12;
-        const double mu = s / 13.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (13.0 - 13.0 / 13.0)) * 13.0 / (13.0 * 13.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12;
-            value[x] = sum ? s : s / 13.0;
-        }
+        value[x] = v6;
     }
 }
 
@@ -2104,8 +1130,7 @@ MD_HOT static void md_ksort_13(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_14(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_14(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -2121,76 +1146,7 @@ MD_HOT static void md_kmedian_14(double *const *rows, size_t w, double k,
     const double *restrict r11 = rows[11];
     const double *restrict r12 = rows[12];
     const double *restrict r13 = rows[13];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13;
-        const double mu = s / 14.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d;
-        variance[x] = k * (q / (14.0 - 14.0 / 14.0)) * 14.0 / (14.0 * 14.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-            value[x] = (v6 + v7) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -2251,69 +1207,7 @@ MD_HOT static void md_kmedian_14(double *const *rows, size_t w, double k,
         MD_CMPX(v7, v9);
         MD_CMPX(v5, v6);
         MD_CMPX(v7, v8);
-            value[x] = (v6 + v7) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_14(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13;
-        const double mu = s / 14.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (14.0 - 14.0 / 14.0)) * 14.0 / (14.0 * 14.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13;
-            value[x] = sum ? s : s / 14.0;
-        }
+        value[x] = (v6 + v7) / 2.0;
     }
 }
 
@@ -2420,8 +1314,7 @@ MD_HOT static void md_ksort_14(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_15(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_15(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -2438,80 +1331,7 @@ MD_HOT static void md_kmedian_15(double *const *rows, size_t w, double k,
     const double *restrict r12 = rows[12];
     const double *restrict r13 = rows[13];
     const double *restrict r14 = rows[14];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14;
-        const double mu = s / 15.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d;
-        variance[x] = k * (q / (15.0 - 15.0 / 15.0)) * 15.0 / (15.0 * 15.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v7, v8);
-            value[x] = v7;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -2576,72 +1396,7 @@ MD_HOT static void md_kmedian_15(double *const *rows, size_t w, double k,
         MD_CMPX(v6, v8);
         MD_CMPX(v7, v9);
         MD_CMPX(v7, v8);
-            value[x] = v7;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_15(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14;
-        const double mu = s / 15.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (15.0 - 15.0 / 15.0)) * 15.0 / (15.0 * 15.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14;
-            value[x] = sum ? s : s / 15.0;
-        }
+        value[x] = v7;
     }
 }
 
@@ -2757,8 +1512,7 @@ MD_HOT static void md_ksort_15(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_16(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_16(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -2776,85 +1530,7 @@ MD_HOT static void md_kmedian_16(double *const *rows, size_t w, double k,
     const double *restrict r13 = rows[13];
     const double *restrict r14 = rows[14];
     const double *restrict r15 = rows[15];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15;
-        const double mu = s / 16.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d;
-        variance[x] = k * (q / (16.0 - 16.0 / 16.0)) * 16.0 / (16.0 * 16.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v7, v8);
-            value[x] = (v7 + v8) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -2924,75 +1600,7 @@ MD_HOT static void md_kmedian_16(double *const *rows, size_t w, double k,
         MD_CMPX(v6, v8);
         MD_CMPX(v7, v9);
         MD_CMPX(v7, v8);
-            value[x] = (v7 + v8) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_16(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15;
-        const double mu = s / 16.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (16.0 - 16.0 / 16.0)) * 16.0 / (16.0 * 16.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15;
-            value[x] = sum ? s : s / 16.0;
-        }
+        value[x] = (v7 + v8) / 2.0;
     }
 }
 
@@ -3115,8 +1723,7 @@ MD_HOT static void md_ksort_16(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_17(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_17(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -3135,103 +1742,7 @@ MD_HOT static void md_kmedian_17(double *const *rows, size_t w, double k,
     const double *restrict r14 = rows[14];
     const double *restrict r15 = rows[15];
     const double *restrict r16 = rows[16];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16;
-        const double mu = s / 17.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d;
-        variance[x] = k * (q / (17.0 - 17.0 / 17.0)) * 17.0 / (17.0 * 17.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v0, v16);
-        MD_CMPX(v8, v16);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v7, v8);
-            value[x] = v8;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -3319,78 +1830,7 @@ MD_HOT static void md_kmedian_17(double *const *rows, size_t w, double k,
         MD_CMPX(v6, v8);
         MD_CMPX(v7, v9);
         MD_CMPX(v7, v8);
-            value[x] = v8;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_17(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    const double *restrict r16 = rows[16];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16;
-        const double mu = s / 17.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (17.0 - 17.0 / 17.0)) * 17.0 / (17.0 * 17.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16;
-            value[x] = sum ? s : s / 17.0;
-        }
+        value[x] = v8;
     }
 }
 
@@ -3538,8 +1978,7 @@ MD_HOT static void md_ksort_17(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_18(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_18(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -3559,111 +1998,7 @@ MD_HOT static void md_kmedian_18(double *const *rows, size_t w, double k,
     const double *restrict r15 = rows[15];
     const double *restrict r16 = rows[16];
     const double *restrict r17 = rows[17];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17;
-        const double mu = s / 18.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d;
-        variance[x] = k * (q / (18.0 - 18.0 / 18.0)) * 18.0 / (18.0 * 18.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v16, v17);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v0, v16);
-        MD_CMPX(v1, v17);
-        MD_CMPX(v8, v16);
-        MD_CMPX(v9, v17);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v12, v16);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-            value[x] = (v8 + v9) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -3759,81 +2094,7 @@ MD_HOT static void md_kmedian_18(double *const *rows, size_t w, double k,
         MD_CMPX(v10, v12);
         MD_CMPX(v7, v8);
         MD_CMPX(v9, v10);
-            value[x] = (v8 + v9) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_18(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    const double *restrict r16 = rows[16];
-    const double *restrict r17 = rows[17];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17;
-        const double mu = s / 18.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (18.0 - 18.0 / 18.0)) * 18.0 / (18.0 * 18.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17;
-            value[x] = sum ? s : s / 18.0;
-        }
+        value[x] = (v8 + v9) / 2.0;
     }
 }
 
@@ -3989,8 +2250,7 @@ MD_HOT static void md_ksort_18(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_19(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_19(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -4011,114 +2271,7 @@ MD_HOT static void md_kmedian_19(double *const *rows, size_t w, double k,
     const double *restrict r16 = rows[16];
     const double *restrict r17 = rows[17];
     const double *restrict r18 = rows[18];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18;
-        const double mu = s / 19.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d;
-        variance[x] = k * (q / (19.0 - 19.0 / 19.0)) * 19.0 / (19.0 * 19.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v16, v17);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v16, v18);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v0, v16);
-        MD_CMPX(v1, v17);
-        MD_CMPX(v2, v18);
-        MD_CMPX(v8, v16);
-        MD_CMPX(v9, v17);
-        MD_CMPX(v10, v18);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v12, v16);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v9, v10);
-            value[x] = v9;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -4217,84 +2370,7 @@ MD_HOT static void md_kmedian_19(double *const *rows, size_t w, double k,
         MD_CMPX(v7, v9);
         MD_CMPX(v10, v12);
         MD_CMPX(v9, v10);
-            value[x] = v9;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_19(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    const double *restrict r16 = rows[16];
-    const double *restrict r17 = rows[17];
-    const double *restrict r18 = rows[18];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18;
-        const double mu = s / 19.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (19.0 - 19.0 / 19.0)) * 19.0 / (19.0 * 19.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18;
-            value[x] = sum ? s : s / 19.0;
-        }
+        value[x] = v9;
     }
 }
 
@@ -4461,8 +2537,7 @@ MD_HOT static void md_ksort_19(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_20(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_20(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -4484,120 +2559,7 @@ MD_HOT static void md_kmedian_20(double *const *rows, size_t w, double k,
     const double *restrict r17 = rows[17];
     const double *restrict r18 = rows[18];
     const double *restrict r19 = rows[19];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19;
-        const double mu = s / 20.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d;
-        variance[x] = k * (q / (20.0 - 20.0 / 20.0)) * 20.0 / (20.0 * 20.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v16, v17);
-        MD_CMPX(v18, v19);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v16, v18);
-        MD_CMPX(v17, v19);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v0, v16);
-        MD_CMPX(v1, v17);
-        MD_CMPX(v2, v18);
-        MD_CMPX(v3, v19);
-        MD_CMPX(v8, v16);
-        MD_CMPX(v9, v17);
-        MD_CMPX(v10, v18);
-        MD_CMPX(v11, v19);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v12, v16);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v9, v10);
-            value[x] = (v9 + v10) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -4702,87 +2664,7 @@ MD_HOT static void md_kmedian_20(double *const *rows, size_t w, double k,
         MD_CMPX(v7, v9);
         MD_CMPX(v10, v12);
         MD_CMPX(v9, v10);
-            value[x] = (v9 + v10) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_20(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    const double *restrict r16 = rows[16];
-    const double *restrict r17 = rows[17];
-    const double *restrict r18 = rows[18];
-    const double *restrict r19 = rows[19];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19;
-        const double mu = s / 20.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (20.0 - 20.0 / 20.0)) * 20.0 / (20.0 * 20.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19;
-            value[x] = sum ? s : s / 20.0;
-        }
+        value[x] = (v9 + v10) / 2.0;
     }
 }
 
@@ -4957,8 +2839,7 @@ MD_HOT static void md_ksort_20(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_21(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_21(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -4981,128 +2862,7 @@ MD_HOT static void md_kmedian_21(double *const *rows, size_t w, double k,
     const double *restrict r18 = rows[18];
     const double *restrict r19 = rows[19];
     const double *restrict r20 = rows[20];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20;
-        const double mu = s / 21.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d; d = v20 - mu; q += d * d;
-        variance[x] = k * (q / (21.0 - 21.0 / 21.0)) * 21.0 / (21.0 * 21.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v16, v17);
-        MD_CMPX(v18, v19);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v16, v18);
-        MD_CMPX(v17, v19);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v16, v20);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v18, v20);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v19, v20);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v18, v20);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v19, v20);
-        MD_CMPX(v0, v16);
-        MD_CMPX(v1, v17);
-        MD_CMPX(v2, v18);
-        MD_CMPX(v3, v19);
-        MD_CMPX(v4, v20);
-        MD_CMPX(v8, v16);
-        MD_CMPX(v9, v17);
-        MD_CMPX(v10, v18);
-        MD_CMPX(v11, v19);
-        MD_CMPX(v12, v20);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v12, v16);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v9, v10);
-            value[x] = v10;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -5215,90 +2975,7 @@ MD_HOT static void md_kmedian_21(double *const *rows, size_t w, double k,
         MD_CMPX(v7, v9);
         MD_CMPX(v10, v12);
         MD_CMPX(v9, v10);
-            value[x] = v10;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_21(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    const double *restrict r16 = rows[16];
-    const double *restrict r17 = rows[17];
-    const double *restrict r18 = rows[18];
-    const double *restrict r19 = rows[19];
-    const double *restrict r20 = rows[20];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20;
-        const double mu = s / 21.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d; d = v20 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (21.0 - 21.0 / 21.0)) * 21.0 / (21.0 * 21.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20;
-            value[x] = sum ? s : s / 21.0;
-        }
+        value[x] = v10;
     }
 }
 
@@ -5485,8 +3162,7 @@ MD_HOT static void md_ksort_21(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_22(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_22(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -5510,139 +3186,7 @@ MD_HOT static void md_kmedian_22(double *const *rows, size_t w, double k,
     const double *restrict r19 = rows[19];
     const double *restrict r20 = rows[20];
     const double *restrict r21 = rows[21];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21;
-        const double mu = s / 22.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d; d = v20 - mu; q += d * d; d = v21 - mu; q += d * d;
-        variance[x] = k * (q / (22.0 - 22.0 / 22.0)) * 22.0 / (22.0 * 22.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v16, v17);
-        MD_CMPX(v18, v19);
-        MD_CMPX(v20, v21);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v16, v18);
-        MD_CMPX(v17, v19);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v16, v20);
-        MD_CMPX(v17, v21);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v18, v20);
-        MD_CMPX(v19, v21);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v19, v20);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v18, v20);
-        MD_CMPX(v19, v21);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v19, v20);
-        MD_CMPX(v0, v16);
-        MD_CMPX(v1, v17);
-        MD_CMPX(v2, v18);
-        MD_CMPX(v3, v19);
-        MD_CMPX(v4, v20);
-        MD_CMPX(v5, v21);
-        MD_CMPX(v8, v16);
-        MD_CMPX(v9, v17);
-        MD_CMPX(v10, v18);
-        MD_CMPX(v11, v19);
-        MD_CMPX(v12, v20);
-        MD_CMPX(v13, v21);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v12, v16);
-        MD_CMPX(v13, v17);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-            value[x] = (v10 + v11) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -5766,93 +3310,7 @@ MD_HOT static void md_kmedian_22(double *const *rows, size_t w, double k,
         MD_CMPX(v11, v13);
         MD_CMPX(v9, v10);
         MD_CMPX(v11, v12);
-            value[x] = (v10 + v11) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_22(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    const double *restrict r16 = rows[16];
-    const double *restrict r17 = rows[17];
-    const double *restrict r18 = rows[18];
-    const double *restrict r19 = rows[19];
-    const double *restrict r20 = rows[20];
-    const double *restrict r21 = rows[21];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21;
-        const double mu = s / 22.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d; d = v20 - mu; q += d * d; d = v21 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (22.0 - 22.0 / 22.0)) * 22.0 / (22.0 * 22.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21;
-            value[x] = sum ? s : s / 22.0;
-        }
+        value[x] = (v10 + v11) / 2.0;
     }
 }
 
@@ -6049,8 +3507,7 @@ MD_HOT static void md_ksort_22(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_23(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_23(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -6075,143 +3532,7 @@ MD_HOT static void md_kmedian_23(double *const *rows, size_t w, double k,
     const double *restrict r20 = rows[20];
     const double *restrict r21 = rows[21];
     const double *restrict r22 = rows[22];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-        double v22 = r22[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21; s += v22;
-        const double mu = s / 23.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d; d = v20 - mu; q += d * d; d = v21 - mu; q += d * d; d = v22 - mu; q += d * d;
-        variance[x] = k * (q / (23.0 - 23.0 / 23.0)) * 23.0 / (23.0 * 23.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v16, v17);
-        MD_CMPX(v18, v19);
-        MD_CMPX(v20, v21);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v16, v18);
-        MD_CMPX(v17, v19);
-        MD_CMPX(v20, v22);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v21, v22);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v16, v20);
-        MD_CMPX(v17, v21);
-        MD_CMPX(v18, v22);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v18, v20);
-        MD_CMPX(v19, v21);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v19, v20);
-        MD_CMPX(v21, v22);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v18, v20);
-        MD_CMPX(v19, v21);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v19, v20);
-        MD_CMPX(v21, v22);
-        MD_CMPX(v0, v16);
-        MD_CMPX(v1, v17);
-        MD_CMPX(v2, v18);
-        MD_CMPX(v3, v19);
-        MD_CMPX(v4, v20);
-        MD_CMPX(v5, v21);
-        MD_CMPX(v6, v22);
-        MD_CMPX(v8, v16);
-        MD_CMPX(v9, v17);
-        MD_CMPX(v10, v18);
-        MD_CMPX(v11, v19);
-        MD_CMPX(v12, v20);
-        MD_CMPX(v13, v21);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v12, v16);
-        MD_CMPX(v13, v17);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v11, v12);
-            value[x] = v11;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -6339,96 +3660,7 @@ MD_HOT static void md_kmedian_23(double *const *rows, size_t w, double k,
         MD_CMPX(v10, v12);
         MD_CMPX(v11, v13);
         MD_CMPX(v11, v12);
-            value[x] = v11;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_23(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    const double *restrict r16 = rows[16];
-    const double *restrict r17 = rows[17];
-    const double *restrict r18 = rows[18];
-    const double *restrict r19 = rows[19];
-    const double *restrict r20 = rows[20];
-    const double *restrict r21 = rows[21];
-    const double *restrict r22 = rows[22];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-        double v22 = r22[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21; s += v22;
-        const double mu = s / 23.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d; d = v20 - mu; q += d * d; d = v21 - mu; q += d * d; d = v22 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (23.0 - 23.0 / 23.0)) * 23.0 / (23.0 * 23.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-        double v22 = r22[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21; s += v22;
-            value[x] = sum ? s : s / 23.0;
-        }
+        value[x] = v11;
     }
 }
 
@@ -6636,8 +3868,7 @@ MD_HOT static void md_ksort_23(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_24(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_24(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -6663,148 +3894,7 @@ MD_HOT static void md_kmedian_24(double *const *rows, size_t w, double k,
     const double *restrict r21 = rows[21];
     const double *restrict r22 = rows[22];
     const double *restrict r23 = rows[23];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-        double v22 = r22[x];
-        double v23 = r23[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21; s += v22; s += v23;
-        const double mu = s / 24.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d; d = v20 - mu; q += d * d; d = v21 - mu; q += d * d; d = v22 - mu; q += d * d; d = v23 - mu; q += d * d;
-        variance[x] = k * (q / (24.0 - 24.0 / 24.0)) * 24.0 / (24.0 * 24.0);
-        MD_CMPX(v0, v1);
-        MD_CMPX(v2, v3);
-        MD_CMPX(v4, v5);
-        MD_CMPX(v6, v7);
-        MD_CMPX(v8, v9);
-        MD_CMPX(v10, v11);
-        MD_CMPX(v12, v13);
-        MD_CMPX(v14, v15);
-        MD_CMPX(v16, v17);
-        MD_CMPX(v18, v19);
-        MD_CMPX(v20, v21);
-        MD_CMPX(v22, v23);
-        MD_CMPX(v0, v2);
-        MD_CMPX(v1, v3);
-        MD_CMPX(v4, v6);
-        MD_CMPX(v5, v7);
-        MD_CMPX(v8, v10);
-        MD_CMPX(v9, v11);
-        MD_CMPX(v12, v14);
-        MD_CMPX(v13, v15);
-        MD_CMPX(v16, v18);
-        MD_CMPX(v17, v19);
-        MD_CMPX(v20, v22);
-        MD_CMPX(v21, v23);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v21, v22);
-        MD_CMPX(v0, v4);
-        MD_CMPX(v1, v5);
-        MD_CMPX(v2, v6);
-        MD_CMPX(v3, v7);
-        MD_CMPX(v8, v12);
-        MD_CMPX(v9, v13);
-        MD_CMPX(v10, v14);
-        MD_CMPX(v11, v15);
-        MD_CMPX(v16, v20);
-        MD_CMPX(v17, v21);
-        MD_CMPX(v18, v22);
-        MD_CMPX(v19, v23);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v18, v20);
-        MD_CMPX(v19, v21);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v19, v20);
-        MD_CMPX(v21, v22);
-        MD_CMPX(v0, v8);
-        MD_CMPX(v1, v9);
-        MD_CMPX(v2, v10);
-        MD_CMPX(v3, v11);
-        MD_CMPX(v4, v12);
-        MD_CMPX(v5, v13);
-        MD_CMPX(v6, v14);
-        MD_CMPX(v7, v15);
-        MD_CMPX(v4, v8);
-        MD_CMPX(v5, v9);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v2, v4);
-        MD_CMPX(v3, v5);
-        MD_CMPX(v6, v8);
-        MD_CMPX(v7, v9);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v18, v20);
-        MD_CMPX(v19, v21);
-        MD_CMPX(v1, v2);
-        MD_CMPX(v3, v4);
-        MD_CMPX(v5, v6);
-        MD_CMPX(v7, v8);
-        MD_CMPX(v9, v10);
-        MD_CMPX(v11, v12);
-        MD_CMPX(v13, v14);
-        MD_CMPX(v17, v18);
-        MD_CMPX(v19, v20);
-        MD_CMPX(v21, v22);
-        MD_CMPX(v0, v16);
-        MD_CMPX(v1, v17);
-        MD_CMPX(v2, v18);
-        MD_CMPX(v3, v19);
-        MD_CMPX(v4, v20);
-        MD_CMPX(v5, v21);
-        MD_CMPX(v6, v22);
-        MD_CMPX(v7, v23);
-        MD_CMPX(v8, v16);
-        MD_CMPX(v9, v17);
-        MD_CMPX(v10, v18);
-        MD_CMPX(v11, v19);
-        MD_CMPX(v12, v20);
-        MD_CMPX(v13, v21);
-        MD_CMPX(v6, v10);
-        MD_CMPX(v7, v11);
-        MD_CMPX(v12, v16);
-        MD_CMPX(v13, v17);
-        MD_CMPX(v10, v12);
-        MD_CMPX(v11, v13);
-        MD_CMPX(v11, v12);
-            value[x] = (v11 + v12) / 2.0;
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
+    for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         double v1 = r1[x];
         double v2 = r2[x];
@@ -6937,99 +4027,7 @@ MD_HOT static void md_kmedian_24(double *const *rows, size_t w, double k,
         MD_CMPX(v10, v12);
         MD_CMPX(v11, v13);
         MD_CMPX(v11, v12);
-            value[x] = (v11 + v12) / 2.0;
-        }
-    }
-}
-
-MD_HOT static void md_kmean_24(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{
-    const double *restrict r0 = rows[0];
-    const double *restrict r1 = rows[1];
-    const double *restrict r2 = rows[2];
-    const double *restrict r3 = rows[3];
-    const double *restrict r4 = rows[4];
-    const double *restrict r5 = rows[5];
-    const double *restrict r6 = rows[6];
-    const double *restrict r7 = rows[7];
-    const double *restrict r8 = rows[8];
-    const double *restrict r9 = rows[9];
-    const double *restrict r10 = rows[10];
-    const double *restrict r11 = rows[11];
-    const double *restrict r12 = rows[12];
-    const double *restrict r13 = rows[13];
-    const double *restrict r14 = rows[14];
-    const double *restrict r15 = rows[15];
-    const double *restrict r16 = rows[16];
-    const double *restrict r17 = rows[17];
-    const double *restrict r18 = rows[18];
-    const double *restrict r19 = rows[19];
-    const double *restrict r20 = rows[20];
-    const double *restrict r21 = rows[21];
-    const double *restrict r22 = rows[22];
-    const double *restrict r23 = rows[23];
-    if (variance) {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-        double v22 = r22[x];
-        double v23 = r23[x];
-        double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21; s += v22; s += v23;
-        const double mu = s / 24.0;
-        double q = 0.0, d; d = v0 - mu; q += d * d; d = v1 - mu; q += d * d; d = v2 - mu; q += d * d; d = v3 - mu; q += d * d; d = v4 - mu; q += d * d; d = v5 - mu; q += d * d; d = v6 - mu; q += d * d; d = v7 - mu; q += d * d; d = v8 - mu; q += d * d; d = v9 - mu; q += d * d; d = v10 - mu; q += d * d; d = v11 - mu; q += d * d; d = v12 - mu; q += d * d; d = v13 - mu; q += d * d; d = v14 - mu; q += d * d; d = v15 - mu; q += d * d; d = v16 - mu; q += d * d; d = v17 - mu; q += d * d; d = v18 - mu; q += d * d; d = v19 - mu; q += d * d; d = v20 - mu; q += d * d; d = v21 - mu; q += d * d; d = v22 - mu; q += d * d; d = v23 - mu; q += d * d;
-            value[x] = sum ? s : mu;
-        variance[x] = k * (q / (24.0 - 24.0 / 24.0)) * 24.0 / (24.0 * 24.0);
-        }
-    } else {
-        for (size_t x = 0; x < w; x++) {
-        double v0 = r0[x];
-        double v1 = r1[x];
-        double v2 = r2[x];
-        double v3 = r3[x];
-        double v4 = r4[x];
-        double v5 = r5[x];
-        double v6 = r6[x];
-        double v7 = r7[x];
-        double v8 = r8[x];
-        double v9 = r9[x];
-        double v10 = r10[x];
-        double v11 = r11[x];
-        double v12 = r12[x];
-        double v13 = r13[x];
-        double v14 = r14[x];
-        double v15 = r15[x];
-        double v16 = r16[x];
-        double v17 = r17[x];
-        double v18 = r18[x];
-        double v19 = r19[x];
-        double v20 = r20[x];
-        double v21 = r21[x];
-        double v22 = r22[x];
-        double v23 = r23[x];
-            double s = 0.0; s += v0; s += v1; s += v2; s += v3; s += v4; s += v5; s += v6; s += v7; s += v8; s += v9; s += v10; s += v11; s += v12; s += v13; s += v14; s += v15; s += v16; s += v17; s += v18; s += v19; s += v20; s += v21; s += v22; s += v23;
-            value[x] = sum ? s : s / 24.0;
-        }
+        value[x] = (v11 + v12) / 2.0;
     }
 }
 
@@ -7246,29 +4244,29 @@ MD_HOT static void md_ksort_24(double *const *rows, size_t w)
 }
 
 const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {
-    {NULL, NULL, NULL},
-    {md_kmedian_1, md_kmean_1, md_ksort_1},
-    {md_kmedian_2, md_kmean_2, md_ksort_2},
-    {md_kmedian_3, md_kmean_3, md_ksort_3},
-    {md_kmedian_4, md_kmean_4, md_ksort_4},
-    {md_kmedian_5, md_kmean_5, md_ksort_5},
-    {md_kmedian_6, md_kmean_6, md_ksort_6},
-    {md_kmedian_7, md_kmean_7, md_ksort_7},
-    {md_kmedian_8, md_kmean_8, md_ksort_8},
-    {md_kmedian_9, md_kmean_9, md_ksort_9},
-    {md_kmedian_10, md_kmean_10, md_ksort_10},
-    {md_kmedian_11, md_kmean_11, md_ksort_11},
-    {md_kmedian_12, md_kmean_12, md_ksort_12},
-    {md_kmedian_13, md_kmean_13, md_ksort_13},
-    {md_kmedian_14, md_kmean_14, md_ksort_14},
-    {md_kmedian_15, md_kmean_15, md_ksort_15},
-    {md_kmedian_16, md_kmean_16, md_ksort_16},
-    {md_kmedian_17, md_kmean_17, md_ksort_17},
-    {md_kmedian_18, md_kmean_18, md_ksort_18},
-    {md_kmedian_19, md_kmean_19, md_ksort_19},
-    {md_kmedian_20, md_kmean_20, md_ksort_20},
-    {md_kmedian_21, md_kmean_21, md_ksort_21},
-    {md_kmedian_22, md_kmean_22, md_ksort_22},
-    {md_kmedian_23, md_kmean_23, md_ksort_23},
-    {md_kmedian_24, md_kmean_24, md_ksort_24},
+    {NULL, NULL},
+    {md_kmedian_1, md_ksort_1},
+    {md_kmedian_2, md_ksort_2},
+    {md_kmedian_3, md_ksort_3},
+    {md_kmedian_4, md_ksort_4},
+    {md_kmedian_5, md_ksort_5},
+    {md_kmedian_6, md_ksort_6},
+    {md_kmedian_7, md_ksort_7},
+    {md_kmedian_8, md_ksort_8},
+    {md_kmedian_9, md_ksort_9},
+    {md_kmedian_10, md_ksort_10},
+    {md_kmedian_11, md_ksort_11},
+    {md_kmedian_12, md_ksort_12},
+    {md_kmedian_13, md_ksort_13},
+    {md_kmedian_14, md_ksort_14},
+    {md_kmedian_15, md_ksort_15},
+    {md_kmedian_16, md_ksort_16},
+    {md_kmedian_17, md_ksort_17},
+    {md_kmedian_18, md_ksort_18},
+    {md_kmedian_19, md_ksort_19},
+    {md_kmedian_20, md_ksort_20},
+    {md_kmedian_21, md_ksort_21},
+    {md_kmedian_22, md_ksort_22},
+    {md_kmedian_23, md_ksort_23},
+    {md_kmedian_24, md_ksort_24},
 };

@@ -107,6 +107,164 @@ MD_DEFINE_LOADERS(i64, int64_t, uint64_t, bswap64, 1)
 MD_DEFINE_LOADERS(f32, float, uint32_t, bswap32, 0)
 MD_DEFINE_LOADERS(f64, double, uint64_t, bswap64, 0)
 
+/*
+ * The loaders of md_load_sum: no bad-value marking (BLANK becomes NaN), and
+ * the arithmetic of correct_##SUFFIX with the operations that change no bit
+ * left out: AFF picks t + b (a = 1: 1 * t == t) or a * t + b; CORR picks
+ * nothing (no bias and off = +0: x - (+0) == x) or (t - sub[k]) - off.  Four
+ * frames read alike share one sweep, their values added to the column sums
+ * in frame order as one frame at a time would.
+ */
+#define MD_SUM_STEP(T, UT, BSWAP, SW, AFF, CORR, BL, P, A, B, OFF, BLANKV, D)                     \
+    {                                                                                             \
+        UT u_ = P[k];                                                                             \
+        if (SW) u_ = BSWAP(u_);                                                                   \
+        T t_;                                                                                     \
+        memcpy(&t_, &u_, sizeof t_);                                                              \
+        double v_ = AFF ? A * (double)t_ + B : (double)t_ + B;                                    \
+        if (CORR) v_ = (v_ - sub[k]) - OFF;                                                       \
+        if (BL) v_ = t_ == BLANKV ? NAN : v_;                                                     \
+        D[k] = v_;                                                                                \
+        s_ += v_;                                                                                 \
+    }
+
+#define MD_DEFINE_SUMMER(SUFFIX, T, UT, BSWAP, IS_INT)                                            \
+    static inline __attribute__((always_inline)) void sum1_##SUFFIX##_body(                       \
+        const UT *restrict p, int sw, int aff, int corr, int bl, double a, double b, double off,  \
+        T blank, const double *restrict sub, double *restrict d, double *restrict sum, size_t w)  \
+    {                                                                                             \
+        for (size_t k = 0; k < w; k++) {                                                          \
+            double s_ = sum[k];                                                                   \
+            MD_SUM_STEP(T, UT, BSWAP, sw, aff, corr, bl, p, a, b, off, blank, d)                  \
+            sum[k] = s_;                                                                          \
+        }                                                                                         \
+    }                                                                                             \
+    static inline __attribute__((always_inline)) void sum4_##SUFFIX##_body(                       \
+        const void *const *p, int sw, int aff, int corr, const double *a, const double *b,       \
+        const double *off, const double *restrict sub, double *const *d, double *restrict sum,   \
+        size_t w)                                                                                 \
+    {                                                                                             \
+        const UT *restrict p0 = p[0], *restrict p1 = p[1], *restrict p2 = p[2];                   \
+        const UT *restrict p3 = p[3];                                                             \
+        double *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2];                     \
+        double *restrict d3 = d[3];                                                               \
+        const double a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];                                  \
+        const double b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];                                  \
+        const double o0 = off[0], o1 = off[1], o2 = off[2], o3 = off[3];                          \
+        for (size_t k = 0; k < w; k++) {                                                          \
+            double s_ = sum[k];                                                                   \
+            MD_SUM_STEP(T, UT, BSWAP, sw, aff, corr, 0, p0, a0, b0, o0, 0, d0)                    \
+            MD_SUM_STEP(T, UT, BSWAP, sw, aff, corr, 0, p1, a1, b1, o1, 0, d1)                    \
+            MD_SUM_STEP(T, UT, BSWAP, sw, aff, corr, 0, p2, a2, b2, o2, 0, d2)                    \
+            MD_SUM_STEP(T, UT, BSWAP, sw, aff, corr, 0, p3, a3, b3, o3, 0, d3)                    \
+            sum[k] = s_;                                                                          \
+        }                                                                                         \
+    }                                                                                             \
+    static inline __attribute__((always_inline)) void sum1_##SUFFIX(                              \
+        const md_image *im, const void *row, int mode, double off, const double *sub, double *d,  \
+        double *sum, size_t w)                                                                    \
+    {                                                                                             \
+        const double a = im->bscale, b = im->bzero;                                               \
+        const T bv = (T)im->blank;                                                                \
+        switch (mode) {                                                                           \
+        MD_SUM1_CASES(SUFFIX, 0, 0) MD_SUM1_CASES(SUFFIX, 0, 1)                                   \
+        MD_SUM1_CASES(SUFFIX, 1, 0) MD_SUM1_CASES(SUFFIX, 1, 1)                                   \
+        }                                                                                         \
+    }                                                                                             \
+    static inline __attribute__((always_inline)) void sum4_##SUFFIX(                              \
+        const md_image *im, const void *const *rows, int mode, const double *off,                 \
+        const double *sub, double *const *d, double *sum, size_t w)                               \
+    {                                                                                             \
+        const double a[4] = {im[0].bscale, im[1].bscale, im[2].bscale, im[3].bscale};             \
+        const double b[4] = {im[0].bzero, im[1].bzero, im[2].bzero, im[3].bzero};                 \
+        switch (mode) {                                                                           \
+        MD_SUM4_CASES(SUFFIX, 0) MD_SUM4_CASES(SUFFIX, 1)                                         \
+        }                                                                                         \
+    }
+
+/* mode = ((blank * 2 + swapped) * 2 + aff) * 2 + corr */
+#define MD_SUM1_CASE(SUFFIX, BL, SW, AFF, CORR)                                                   \
+    case ((BL * 2 + SW) * 2 + AFF) * 2 + CORR:                                                    \
+        sum1_##SUFFIX##_body(row, SW, AFF, CORR, BL, a, b, off, bv, sub, d, sum, w);              \
+        break;
+#define MD_SUM1_CASES(SUFFIX, BL, SW)                                                             \
+    MD_SUM1_CASE(SUFFIX, BL, SW, 0, 0) MD_SUM1_CASE(SUFFIX, BL, SW, 0, 1)                        \
+    MD_SUM1_CASE(SUFFIX, BL, SW, 1, 0) MD_SUM1_CASE(SUFFIX, BL, SW, 1, 1)
+#define MD_SUM4_CASE(SUFFIX, SW, AFF, CORR)                                                       \
+    case (SW * 2 + AFF) * 2 + CORR:                                                               \
+        sum4_##SUFFIX##_body(rows, SW, AFF, CORR, a, b, off, sub, d, sum, w);                     \
+        break;
+#define MD_SUM4_CASES(SUFFIX, SW)                                                                 \
+    MD_SUM4_CASE(SUFFIX, SW, 0, 0) MD_SUM4_CASE(SUFFIX, SW, 0, 1)                                \
+    MD_SUM4_CASE(SUFFIX, SW, 1, 0) MD_SUM4_CASE(SUFFIX, SW, 1, 1)
+
+MD_DEFINE_SUMMER(i16, int16_t, uint16_t, bswap16, 1)
+MD_DEFINE_SUMMER(u16, uint16_t, uint16_t, bswap16, 1)
+MD_DEFINE_SUMMER(f32, float, uint32_t, bswap32, 0)
+
+/* How md_load_sum reads row y from column x0 of a frame: the loader's mode,
+ * with the dtype in *dtype, or -1 for the generic path. */
+static inline int sum_mode(const md_image *im, size_t y, size_t x0, int corr, const void **row,
+                           int *dtype)
+{
+    const char *r =
+        (const char *)im->data + (ptrdiff_t)y * im->row_stride + (ptrdiff_t)x0 * im->col_stride;
+    *row = r;
+    *dtype = im->dtype;
+    if (im->dtype != MD_INT16 && im->dtype != MD_UINT16 && im->dtype != MD_FLOAT32) return -1;
+    const size_t size = im->dtype == MD_FLOAT32 ? 4 : 2;
+    if (im->col_stride != (long long)size || ((uintptr_t)r & (size - 1)) != 0) return -1;
+    const int blank = im->dtype != MD_FLOAT32 && im->has_blank;
+    const int aff = im->bscale != 1.0;
+    return ((blank * 2 + (im->swapped != 0)) * 2 + aff) * 2 + corr;
+}
+
+MD_HOT void md_load_sum(const md_image *ims, size_t count, size_t y, size_t x0, size_t w,
+                        const double *sub, int with_bias, const double *offs, double *const *dst,
+                        double *sum)
+{
+    /* x - (+0.0) == x: without a bias (sub holds zeros) and with +0 offsets
+     * neither subtraction changes a bit. */
+    int corr = with_bias != 0;
+    for (size_t j = 0; j < count; j++) corr |= !(offs[j] == 0.0 && !signbit(offs[j]));
+    size_t j = 0;
+    while (j < count) {
+        const void *rows[4];
+        int dtype[4];
+        const int mode = sum_mode(&ims[j], y, x0, corr, &rows[0], &dtype[0]);
+        size_t same = 1;
+        if (mode >= 0 && mode < 8)
+            while (same < 4 && j + same < count
+                   && sum_mode(&ims[j + same], y, x0, corr, &rows[same], &dtype[same]) == mode
+                   && dtype[same] == dtype[0])
+                same++;
+        if (same == 4) {
+            switch (dtype[0]) {
+            case MD_INT16: sum4_i16(&ims[j], rows, mode, &offs[j], sub, &dst[j], sum, w); break;
+            case MD_UINT16: sum4_u16(&ims[j], rows, mode, &offs[j], sub, &dst[j], sum, w); break;
+            default: sum4_f32(&ims[j], rows, mode, &offs[j], sub, &dst[j], sum, w); break;
+            }
+            j += 4;
+            continue;
+        }
+        switch (mode < 0 ? 0 : dtype[0]) {
+        case MD_INT16: sum1_i16(&ims[j], rows[0], mode, offs[j], sub, dst[j], sum, w); break;
+        case MD_UINT16: sum1_u16(&ims[j], rows[0], mode, offs[j], sub, dst[j], sum, w); break;
+        case MD_FLOAT32: sum1_f32(&ims[j], rows[0], mode, offs[j], sub, dst[j], sum, w); break;
+        default: { /* any other dtype or layout */
+            double *restrict d = dst[j];
+            md_load_values(&ims[j], y, x0, w, d);
+            for (size_t k = 0; k < w; k++) {
+                const double v = corr ? (d[k] - sub[k]) - offs[j] : d[k];
+                d[k] = v;
+                sum[k] += v;
+            }
+        }
+        }
+        j++;
+    }
+}
+
 MD_HOT void md_load_corrected(const md_image *im, size_t y, size_t x0, size_t w, const double *sub,
                               double off, double *dst, double *nbad)
 {
@@ -191,6 +349,42 @@ MD_DEFINE_STORER(store_i16, int16_t, (int16_t)MD_AS_INT)
 MD_DEFINE_STORER(store_u16, uint16_t, (uint16_t)MD_AS_INT)
 MD_DEFINE_STORER(store_i32, int32_t, (int32_t)MD_AS_INT)
 MD_DEFINE_STORER(store_i64, int64_t, (int64_t)MD_AS_INT)
+
+#define MD_DEFINE_FILLER(NAME, T, CONVERT)                                                        \
+    static void NAME(const md_plane *pl, size_t y, size_t x0, size_t w, double v)                 \
+    {                                                                                             \
+        char *row = (char *)pl->data + (ptrdiff_t)y * pl->row_stride                              \
+                    + (ptrdiff_t)x0 * pl->col_stride;                                             \
+        const T t = CONVERT(v);                                                                   \
+        if (pl->col_stride == (long long)sizeof(T)) {                                             \
+            T *p = (T *)(void *)row;                                                              \
+            for (size_t k = 0; k < w; k++) p[k] = t;                                              \
+        } else {                                                                                  \
+            for (size_t k = 0; k < w; k++) memcpy(row + (ptrdiff_t)k * pl->col_stride, &t, sizeof t); \
+        }                                                                                         \
+    }
+
+MD_DEFINE_FILLER(fill_f32, float, MD_AS_FLOAT)
+MD_DEFINE_FILLER(fill_f64, double, MD_AS_DOUBLE)
+MD_DEFINE_FILLER(fill_u8, uint8_t, (uint8_t)MD_AS_INT)
+MD_DEFINE_FILLER(fill_i16, int16_t, (int16_t)MD_AS_INT)
+MD_DEFINE_FILLER(fill_u16, uint16_t, (uint16_t)MD_AS_INT)
+MD_DEFINE_FILLER(fill_i32, int32_t, (int32_t)MD_AS_INT)
+MD_DEFINE_FILLER(fill_i64, int64_t, (int64_t)MD_AS_INT)
+
+MD_HOT void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, double v)
+{
+    switch (pl->dtype) {
+    case MD_FLOAT32: fill_f32(pl, y, x0, w, v); break;
+    case MD_FLOAT64: fill_f64(pl, y, x0, w, v); break;
+    case MD_UINT8: fill_u8(pl, y, x0, w, v); break;
+    case MD_INT16: fill_i16(pl, y, x0, w, v); break;
+    case MD_UINT16: fill_u16(pl, y, x0, w, v); break;
+    case MD_INT32: fill_i32(pl, y, x0, w, v); break;
+    case MD_INT64: fill_i64(pl, y, x0, w, v); break;
+    default: break; /* rejected by md_combine's argument checks */
+    }
+}
 
 MD_HOT void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src)
 {

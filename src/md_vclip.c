@@ -104,7 +104,7 @@ MD_HOT static void centre_and_spread(const md_params *p, double *const *rows, in
             for (size_t x = 0; x < w; x++) dv[x] = fabs(r[x] - c[x]);
         }
         if (sc->kernels) {
-            sc->kernels->median(sc->dev_rows, w, 0.0, s, NULL);
+            sc->kernels->median(sc->dev_rows, w, s);
         } else {
             md_network_apply(sc->sort, sc->dev_rows, w);
             const double *restrict lo = sc->dev_rows[(n - 1) / 2], *restrict hi = sc->dev_rows[n / 2];

@@ -224,6 +224,22 @@ def test_writes_into_given_planes_of_any_layout(rng):
     assert not parent[1:].any() and not parent[0, 1::2].any(), "wrote outside the view"
 
 
+def test_planes_left_none_are_not_computed(rng):
+    """out= with variance, npix or nrejected None: the other planes are the same bits."""
+    frames = [rng.normal(100.0, 5.0, (9, 21)).astype(np.float32) for _ in range(5)]
+    expected = combine(frames, "sigclip")
+    names = ("data", "variance", "npix", "nrejected")
+    for missing in names[1:]:
+        planes = {name: np.zeros((9, 21), getattr(expected, name).dtype) for name in names}
+        out = CombineResult(**{**planes, missing: None})
+        assert combine(frames, "sigclip", out=out) is out
+        for name in names:
+            if name != missing:
+                np.testing.assert_array_equal(getattr(out, name), getattr(expected, name))
+    with pytest.raises(ValueError, match=r"out.data must be an array"):
+        combine(frames, out=CombineResult(None, *(np.zeros((9, 21)) for _ in range(3))))
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,12 +1,10 @@
 """Generate src/md_kernels.c: register-resident column kernels for 1..MAX_FRAMES frames.
 
-For each frame count N the generated C has three loops over the columns of a
+For each frame count N the generated C has two loops over the columns of a
 tile, with the N values of a column held in local variables (one vector
 register per frame once the compiler vectorises the loop across columns):
 
-* ``md_kmedian_N``: column moments (for the variance) and the median by the
-  pruned Batcher network;
-* ``md_kmean_N``: mean or sum and the column moments;
+* ``md_kmedian_N``: the median by the pruned Batcher network;
 * ``md_ksort_N``: the full Batcher network, storing the sorted column back.
 
 They do exactly the arithmetic of the generic paths in md_combine.c (same
@@ -54,29 +52,8 @@ def loads(n: int) -> str:
     return "\n".join(f"        double v{i} = r{i}[x];" for i in range(n))
 
 
-def moments(n: int) -> str:
-    """sum, mean and sum of squared deviations, in frame order (as column_moments)."""
-    sums = "".join(f" s += v{i};" for i in range(n))
-    squares = "".join(f" d = v{i} - mu; q += d * d;" for i in range(n))
-    return (
-        f"        double s = 0.0;{sums}\n"
-        f"        const double mu = s / {float(n)!r};\n"
-        f"        double q = 0.0, d;{squares}\n"
-    )
-
-
 def network(pairs) -> str:
     return "\n".join(f"        MD_CMPX(v{a}, v{b});" for a, b in pairs)
-
-
-def variance(n: int) -> str:
-    """column_variances' expression with sw = sww = n."""
-    nf = float(n)
-    if n < 2:
-        return "        variance[x] = NAN;"
-    return (
-        f"        variance[x] = k * (q / ({nf!r} - {nf!r} / {nf!r})) * {nf!r} / ({nf!r} * {nf!r});"
-    )
 
 
 def row_pointers(n: int) -> str:
@@ -86,46 +63,13 @@ def row_pointers(n: int) -> str:
 def kernel_median(n: int) -> str:
     mid = f"v{n // 2}" if n % 2 else f"(v{n // 2 - 1} + v{n // 2}) / 2.0"
     return f"""
-MD_HOT static void md_kmedian_{n}(double *const *rows, size_t w, double k,
-                               double *restrict value, double *restrict variance)
+MD_HOT static void md_kmedian_{n}(double *const *rows, size_t w, double *restrict value)
 {{
 {row_pointers(n)}
-    if (variance) {{
-        for (size_t x = 0; x < w; x++) {{
-{loads(n)}
-{moments(n)}{variance(n)}
-{network(median_pairs(n))}
-            value[x] = {mid};
-        }}
-    }} else {{
-        for (size_t x = 0; x < w; x++) {{
+    for (size_t x = 0; x < w; x++) {{
 {loads(n)}
 {network(median_pairs(n))}
-            value[x] = {mid};
-        }}
-    }}
-}}
-"""
-
-
-def kernel_mean(n: int) -> str:
-    return f"""
-MD_HOT static void md_kmean_{n}(double *const *rows, size_t w, double k, int sum,
-                             double *restrict value, double *restrict variance)
-{{
-{row_pointers(n)}
-    if (variance) {{
-        for (size_t x = 0; x < w; x++) {{
-{loads(n)}
-{moments(n)}            value[x] = sum ? s : mu;
-{variance(n)}
-        }}
-    }} else {{
-        for (size_t x = 0; x < w; x++) {{
-{loads(n)}
-            double s = 0.0;{"".join(f" s += v{i};" for i in range(n))}
-            value[x] = sum ? s : s / {float(n)!r};
-        }}
+        value[x] = {mid};
     }}
 }}
 """
@@ -159,12 +103,11 @@ def main() -> None:
     )
     for n in range(1, MAX_FRAMES + 1):
         print(kernel_median(n), end="")
-        print(kernel_mean(n), end="")
         print(kernel_sort(n), end="")
     print("\nconst md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {")
-    print("    {NULL, NULL, NULL},")
+    print("    {NULL, NULL},")
     for n in range(1, MAX_FRAMES + 1):
-        print(f"    {{md_kmedian_{n}, md_kmean_{n}, md_ksort_{n}}},")
+        print(f"    {{md_kmedian_{n}, md_ksort_{n}}},")
     print("};")
 
 
