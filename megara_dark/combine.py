@@ -93,13 +93,14 @@ class CombineResult:
 
     data: combined value (float32 or float64); variance: variance of ``data``
     (same dtype); npix: number of values used; nrejected: good values removed
-    by rejection (int16, or int32 beyond 32767 frames).
+    by rejection (int16, or int32 beyond 32767 frames).  As ``out=``, any plane
+    but ``data`` may be None: it is then not computed (nor stored).
     """
 
     data: np.ndarray
-    variance: np.ndarray
-    npix: np.ndarray
-    nrejected: np.ndarray
+    variance: np.ndarray | None
+    npix: np.ndarray | None
+    nrejected: np.ndarray | None
 
 
 def build_info() -> dict:
@@ -176,7 +177,8 @@ def combine(
     nthreads : int
         OpenMP threads, 0 for the default; block_rows: rows per thread task.
     out : CombineResult, optional
-        Planes to write into instead of allocating new ones.
+        Planes to write into instead of allocating new ones (a plane left
+        None, but ``data``, is not computed).
     progress : callable, optional
         Called as ``progress(rows_done, rows_total)`` every ~50 ms of work.
 
@@ -456,9 +458,11 @@ def _outputs(out, shape, n, dtype) -> CombineResult:
             npix=np.empty(shape, count_dtype),
             nrejected=np.empty(shape, count_dtype),
         )
+    if out.data is None:
+        raise ValueError("out.data must be an array (only the other planes may be None)")
     for name in ("data", "variance", "npix", "nrejected"):
         plane = getattr(out, name)
-        if plane.shape != shape:
+        if plane is not None and plane.shape != shape:
             raise ValueError(f"out.{name}: shape {plane.shape} differs from the frames' {shape}")
     return out
 

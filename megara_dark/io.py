@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 import threading
 import warnings
@@ -27,6 +28,7 @@ import weakref
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .digest import sha256_file  # noqa: F401 (part of this module's interface)
 from .errors import InputFileError, OutputError, ValidationError
 
 FITS_BLOCK = 2880
@@ -381,16 +384,112 @@ def verify_checksums(image: FitsImage) -> list[str]:
     return [f"{image.path}: {m}" for m in messages if "verification failed" in m]
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes (hashlib releases the GIL while hashing)."""
+# ---- outputs ------------------------------------------------------------------
+
+# CHECKSUM characters may not be punctuation (FITS standard 4.0, appendix J).
+_CHECKSUM_EXCLUDED = frozenset(b":;<=>?@[\\]^_`")
+
+
+def write_images(path: Path, hdul: fits.HDUList, chunk_bytes: int = 1 << 20) -> str:
+    """Write an HDUList of 2-D images to a new FITS file ``path``, with CHECKSUM
+    and DATASUM cards in every HDU, and return the sha256 (hex) of the file.
+
+    The file is the one ``hdul.writeto(path, checksum=True)`` writes, without
+    its passes over the data: the data sums come from the arrays as they are
+    in memory, and the data go out big-endian through two buffers of
+    ``chunk_bytes`` (a multiple of 4) used in turn, each hashed in a second
+    thread (hashlib releases the GIL) while the other is filled and written.
+    Each HDU's data must be a C-contiguous array of native byte order with 2-
+    or 4-byte items (int16, int32, float32).  OSError when the file cannot be
+    written.
+    """
+    hdul.verify("exception")
+    hdul.update_extend()
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    buffers = [np.empty(chunk_bytes, np.uint8) for _ in range(2)]
+    hashed = [None, None]  # the pending hash of each buffer's last chunk
+    k = 0
+    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as hasher:
+        for hdu in hdul:
+            block = _header_with_checksums(hdu)
+            f.write(block)
+            hasher.submit(digest.update, block)
+            flat = hdu.data.reshape(-1)
+            for start in range(0, flat.size, chunk_bytes // flat.itemsize):
+                if hashed[k % 2] is not None:
+                    hashed[k % 2].result()  # the buffer is free again
+                chunk = buffers[k % 2].view(flat.dtype.newbyteorder(">"))[: flat.size - start]
+                np.copyto(chunk, flat[start : start + chunk.size])
+                chunk.tofile(f)  # a short write raises OSError (a full disk)
+                hashed[k % 2] = hasher.submit(digest.update, chunk)
+                k += 1
+            padding = bytes(-flat.nbytes % FITS_BLOCK)
+            f.write(padding)
+            hasher.submit(digest.update, padding)
     return digest.hexdigest()
 
 
-# ---- outputs ------------------------------------------------------------------
+def _header_with_checksums(hdu) -> bytes:
+    """The HDU's header as written, with its DATASUM and CHECKSUM cards set."""
+    header, datasum = hdu.header, _data_sum(hdu.data)
+    header["CHECKSUM"] = ("0" * 16, "HDU checksum")
+    header["DATASUM"] = (str(datasum), "data unit checksum")
+    block = header.tostring().encode("ascii")
+    total = int(np.frombuffer(block, dtype=">u4").sum(dtype=np.uint64)) + datasum
+    header["CHECKSUM"] = _encode_checksum(~_fold32(total) & 0xFFFFFFFF)
+    return header.tostring().encode("ascii")
+
+
+def _fold32(total: int) -> int:
+    """A sum of 32-bit words folded to 32 bits with end-around carry (ones'
+    complement addition)."""
+    while total >> 32:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+def _data_sum(data: np.ndarray) -> int:
+    """FITS DATASUM of an array as written big-endian: the ones' complement sum
+    of its 32-bit words, from the (C-contiguous, native-order) array in memory.
+
+    A 4-byte item is one word whatever the byte order.  Two 2-byte items a, b
+    make the word ``a * 2**16 + b``; read natively on a little-endian machine
+    the same bytes are ``b * 2**16 + a``, which times 2**16 is the word modulo
+    2**32 - 1 (the modulus of ones' complement sums): their sum is rotated by
+    16 bits.
+    """
+    if not (data.flags.c_contiguous and data.dtype.isnative and data.dtype.kind in "iuf"):
+        raise ValueError(f"cannot sum {data.dtype} data that is not C-contiguous and native")
+    flat = data.reshape(-1)
+    if flat.itemsize == 4:
+        return _fold32(int(np.add.reduce(flat.view(np.uint32), dtype=np.uint64)))
+    if flat.itemsize != 2:
+        raise ValueError(f"cannot sum {data.dtype} data (2- or 4-byte items only)")
+    even = flat.size // 2 * 2
+    total = _fold32(int(np.add.reduce(flat[:even].view(np.uint32), dtype=np.uint64)))
+    if sys.byteorder == "little":
+        total = ((total << 16) | (total >> 16)) & 0xFFFFFFFF
+    if flat.size > even:  # the last item is the high half of a word padded with zeros
+        total = _fold32(total + (int(flat[even:].view(np.uint16)[0]) << 16))
+    return total
+
+
+def _encode_checksum(value: int) -> str:
+    """The 16 characters of a CHECKSUM card for the 32-bit complement of an
+    HDU's sum (FITS standard 4.0, appendix J): each byte spread over four
+    characters from '0', kept clear of punctuation, rotated by one."""
+    chars = [0] * 16
+    for i in range(4):
+        quotient, remainder = divmod((value >> (24 - 8 * i)) & 0xFF, 4)
+        ch = [0x30 + quotient + remainder] + [0x30 + quotient] * 3
+        while any(c in _CHECKSUM_EXCLUDED for c in ch):
+            for j in (0, 2):
+                if ch[j] in _CHECKSUM_EXCLUDED or ch[j + 1] in _CHECKSUM_EXCLUDED:
+                    ch[j] += 1
+                    ch[j + 1] -= 1
+        for j in range(4):
+            chars[4 * j + i] = ch[j]
+    return bytes(chars[15:] + chars[:15]).decode("ascii")
 
 
 def check_output_folder(folder: str | Path, create: bool = True) -> Path:

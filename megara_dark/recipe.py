@@ -23,14 +23,15 @@ import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 
-from . import __version__, detector, qc
-from .combine import CombineResult, CombineWarning, build_info, combine
+from . import __version__, dask, detector, qc
+from .combine import CLIP_METHODS, CombineResult, CombineWarning, build_info, combine
 from .errors import MegaraDarkError, ValidationError
 from .io import (
     FitsImage,
@@ -43,6 +44,7 @@ from .io import (
     read_raw,
     sha256_file,
     verify_checksums,
+    write_images,
     writing,
 )
 from .report import ProcessingLog, software, utc_now, write_json
@@ -57,8 +59,9 @@ RAW_STRUCTURE_KEYS = ("BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM", "BUNIT"
 # Frame statistics use every k-th row and column, k chosen for about this many pixels
 # (k = 16 on a MEGARA frame; every pixel of a small one, whose median needs them all).
 FRAME_SAMPLE_PIXELS = 1 << 16
-# The planes the combination writes: value and variance (float32), npix and nrejected (int16).
-PLANE_BYTES_PER_PIXEL = 4 + 4 + 2 + 2
+# The planes the combination writes: value and variance (float32), npix and (clipping
+# methods) nrejected (int16).
+PLANE_BYTES_PER_PIXEL = {False: 4 + 4 + 2, True: 4 + 4 + 2 + 2}
 
 
 @dataclass
@@ -136,6 +139,9 @@ class DarkRecipe:
         Called as ``progress(stage, done, total)`` while a long stage runs:
         ``progress("combine", rows_done, rows_total)`` between row blocks of
         the combination, rows counted across both amplifiers.
+    client : distributed.Client, optional
+        Combine on this Dask cluster (:func:`megara_dark.dask.combine`, the
+        same bits); default: in this process.
     """
 
     RecipeInput = DarkRecipeInput
@@ -161,6 +167,7 @@ class DarkRecipe:
         geometry=detector.MEGARA,
         echo=None,
         progress=None,
+        client=None,
     ):
         if unit not in UNITS:
             raise ValueError(f"unit must be 'counts' or 'rate', got {unit!r}")
@@ -177,6 +184,7 @@ class DarkRecipe:
         self.name = name
         self.echo = echo
         self.progress = progress
+        self.client = client
 
     # ---- the run ------------------------------------------------------------
 
@@ -307,17 +315,8 @@ class DarkRecipe:
         bias = _physical(dark_set.bias, read_raw(dark_set.bias))
         with log.step("overscan"):
             overscan = [
-                detector.overscan_offsets(
-                    raw,
-                    bzero=f.bzero,
-                    bscale=f.bscale,
-                    blank=f.blank,
-                    geometry=self.geometry,
-                    name=str(f.path),
-                )
-                if dark_set.layout == "raw"
-                else None
-                for raw, f in zip(raws, dark_set.frames, strict=True)
+                self._overscan(dark_set, f, raw)
+                for f, raw in zip(dark_set.frames, raws, strict=True)
             ]
         with log.step("frame statistics"):
             frames_qc = [
@@ -334,6 +333,19 @@ class DarkRecipe:
         with log.step(f"combine ({self.method}, {len(used)} frames)"):
             planes = self._combine(dark_set, raws, overscan, bias, used, log)
         return planes, frames_qc, used, overscan
+
+    def _overscan(self, dark_set: DarkSet, image: FitsImage, raw) -> detector.OverscanModel | None:
+        """A raw frame's overscan model (None for a trimmed set)."""
+        if dark_set.layout != "raw":
+            return None
+        return detector.overscan_offsets(
+            raw,
+            bzero=image.bzero,
+            bscale=image.bscale,
+            blank=image.blank,
+            geometry=self.geometry,
+            name=str(image.path),
+        )
 
     def _frame_stats(self, image: FitsImage, raw, model, bias) -> qc.FrameStats:
         step = max(1, math.isqrt(raw.size // FRAME_SAMPLE_PIXELS))
@@ -354,27 +366,30 @@ class DarkRecipe:
     def _combine(self, dark_set, raws, overscan, bias, used, log) -> CombineResult:
         shape = self.geometry.trimmed_shape
         n = len(used)
+        # Only a clipping method rejects values (the Dask path fills every plane).
+        rejects = self.method in CLIP_METHODS or self.client is not None
         try:
             out = CombineResult(
                 data=np.empty(shape, np.float32),
                 variance=np.empty(shape, np.float32),
                 npix=np.empty(shape, np.int16),
-                nrejected=np.empty(shape, np.int16),
+                nrejected=np.empty(shape, np.int16) if rejects else None,
             )
         except MemoryError:
             raise MegaraDarkError(
                 f"not enough memory for the planes of the master dark: {shape[0]} x {shape[1]} "
-                f"pixels need {shape[0] * shape[1] * PLANE_BYTES_PER_PIXEL} bytes"
+                f"pixels need {shape[0] * shape[1] * PLANE_BYTES_PER_PIXEL[rejects]} bytes"
             ) from None
         frames = [dark_set.frames[i] for i in used]
         scales = [dark_set.exptimes[i] for i in used] if self.unit == "rate" else None
+        combine_rows = combine if self.client is None else partial(dask.combine, client=self.client)
         for rows, views in _trimmed_pieces([raws[i] for i in used], self.geometry):
             offsets = None
             if dark_set.layout == "raw":
                 offsets = np.stack([overscan[i].offsets[rows] for i in used])
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", CombineWarning)
-                combine(
+                combine_rows(
                     views,
                     self.method,
                     bias=bias[rows],
@@ -386,7 +401,7 @@ class DarkRecipe:
                     nthreads=self.nthreads,
                     out=CombineResult(
                         *(
-                            plane[rows]
+                            None if plane is None else plane[rows]
                             for plane in (out.data, out.variance, out.npix, out.nrejected)
                         )
                     ),
@@ -407,7 +422,8 @@ class DarkRecipe:
         unit = UNITS[self.unit]
         # Pixels short of good values (bad or masked inputs); values a clipping
         # method rejects on purpose (minmax always drops some) are not missing.
-        good = planes.npix + planes.nrejected
+        rejected = planes.nrejected
+        good = planes.npix if rejected is None else planes.npix + rejected
         stats = qc.master_stats(
             planes.data,
             good,
@@ -417,7 +433,7 @@ class DarkRecipe:
             _gains(dark_set.frames[used[0]], self.geometry),
             self.thresholds,
         )
-        stats["nrejected_total"] = int(planes.nrejected.sum(dtype=np.int64))
+        stats["nrejected_total"] = 0 if rejected is None else int(rejected.sum(dtype=np.int64))
         flag, reasons = qc.decide(stats, frames_qc, len(used), self.thresholds)
         return qc.QCResult(flag, reasons, stats, frames_qc)
 
@@ -431,7 +447,7 @@ class DarkRecipe:
         tmp_fits = staged.stage(products.fits)
         # The log and the report are written after this step: they hold its timing.
         with log.step("write master dark"), writing(products.fits):
-            hdul.writeto(tmp_fits, overwrite=True, checksum=True)
+            fits_sha256 = write_images(tmp_fits, hdul)
             fsync_file(tmp_fits)
         tmp_log = staged.stage(products.log)
         with writing(products.log):
@@ -444,7 +460,7 @@ class DarkRecipe:
             overscan,
             checksums,
             products,
-            {products.fits: sha256_file(tmp_fits), products.log: sha256_file(tmp_log)},
+            {products.fits: fits_sha256, products.log: sha256_file(tmp_log)},
             product_uuid,
             log,
         )

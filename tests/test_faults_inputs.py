@@ -296,8 +296,7 @@ def test_fault_05_more_frames_than_the_open_file_limit(tmp_path):
     twice, its map, its hash) however many row blocks there are; memory does not grow
     with the frames' pixels: 270 more frames take less than a third of their raw bytes
     more (their headers, row offsets and statistics: about 3 KB a frame; a copy of their
-    pixels would take all of those bytes or twice as many; peaks of 30 and 300 frames,
-    both including the hash's 4 MiB read buffer)."""
+    pixels would take all of those bytes or twice as many; peaks of 30 and 300 frames)."""
     sim = simulate_dark_set(
         tmp_path / "raw", nframes=MANY, seed=5, geometry=RECIPE_GEOMETRY, threads=1
     )

@@ -29,6 +29,8 @@ from conftest import (
     write_variant,
 )
 
+from megara_dark import digest
+from megara_dark import io as io_module
 from megara_dark.errors import InputFileError, OutputError, ValidationError
 from megara_dark.io import (
     StagedOutputs,
@@ -498,7 +500,66 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "bytes.bin"
     data = os.urandom(3 * (1 << 20) + 17)
     path.write_bytes(data)
-    assert sha256_file(path, chunk=1 << 20) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").touch()
+    assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+def test_prefetched_digests(tmp_path):
+    """Files hashed in the background (the command line starts this before its imports):
+    the digest of the file as it is when asked for; anything that is not a regular file
+    is skipped at once (a FIFO is never opened for long), a changed file is hashed again."""
+    files = [tmp_path / f"f{i}.bin" for i in range(3)]
+    for path in files:
+        path.write_bytes(os.urandom((1 << 20) + 5))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    digest.prefetch(["--out", str(tmp_path), str(fifo), tmp_path / "missing", *files])
+    files[2].write_bytes(b"changed")  # after (or while) it was prefetched
+    for path in files:
+        assert digest.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def product_hdul(planes) -> fits.HDUList:
+    header = fits.Header([("OBJECT", "dark"), ("EXPTIME", 3600.0)])
+    header.add_history("made here")
+    return fits.HDUList(
+        [
+            fits.PrimaryHDU(planes[0], header=header),
+            fits.ImageHDU(planes[1], name="VARIANCE"),
+            fits.ImageHDU(planes[2], name="MAP"),
+        ]
+    )
+
+
+def cards(header: fits.Header) -> list:
+    """Keywords and values of a header but CHECKSUM (which covers the comments too)."""
+    return [(c.keyword, c.value) for c in header.cards if c.keyword != "CHECKSUM"]
+
+
+def test_write_images_as_astropy(tmp_path, rng):
+    """The product writer: astropy reads back the same data and headers, the CHECKSUM and
+    DATASUM cards verify (warnings are errors here), DATASUM is astropy's own and the
+    sha256 returned is the file's; small chunks (several per plane, odd sizes) and
+    one-pixel planes included."""
+    for shape, chunk in (((37, 29), 256), ((1, 1), 1 << 20), ((64, 80), 1 << 20)):
+        planes = [
+            rng.normal(5.0, 2.0, shape).astype(np.float32),
+            rng.normal(0.0, 1.0, shape).astype(np.float32),
+            rng.integers(-3, 12, shape).astype(np.int16),
+        ]
+        planes[0].flat[0] = np.nan
+        ours, theirs = tmp_path / "ours.fits", tmp_path / "theirs.fits"
+        sha = io_module.write_images(ours, product_hdul(planes), chunk_bytes=chunk)
+        product_hdul(planes).writeto(theirs, checksum=True, overwrite=True)
+        assert sha == file_sha256(ours)
+        assert ours.stat().st_size == theirs.stat().st_size
+        with fits.open(ours, checksum=True) as got, fits.open(theirs, checksum=True) as want:
+            assert len(got) == 3
+            for a, b, plane in zip(got, want, planes, strict=True):
+                assert a.data.dtype == plane.dtype.newbyteorder(">")
+                assert a.data.tobytes() == plane.astype(a.data.dtype).tobytes()
+                assert cards(a.header) == cards(b.header)  # DATASUM included
 
 
 def test_staged_outputs_commit_and_discard(tmp_path):

@@ -34,6 +34,26 @@ def test_robust_stats_against_numpy(rng):
     assert sigma == pytest.approx(2.0, rel=0.1)
 
 
+@pytest.mark.parametrize("n", [qc.SELECT_MIN_VALUES + 1, qc.SELECT_MIN_VALUES + 2, 200_001])
+def test_median_by_selection_is_numpys(rng, n):
+    """Large arrays: the bracketed selection gives np.median's number and type, for odd
+    and even sizes, ties, float32 and float64, sorted values, two far-apart halves, and
+    a subsample that misses the middle (every sampled value huge: np.median's own way)."""
+    sampled = np.zeros(n, np.float32)
+    sampled[:: n // qc.SELECT_SAMPLE] = 1e6
+    cases = [
+        rng.normal(5.0, 1.0, n).astype(np.float32),
+        rng.integers(0, 4, n).astype(np.float32),
+        np.sort(rng.normal(0.0, 1.0, n)),
+        np.where(np.arange(n) % 2 == 0, 0.0, 1000.0) + rng.normal(0.0, 1.0, n),
+        sampled,
+    ]
+    for values in cases:
+        expected = np.median(values)
+        got = qc._median(values.copy())
+        assert got == expected and type(got) is type(expected)
+
+
 def test_robust_stats_of_nothing_is_nan():
     assert all(np.isnan(qc.robust_stats(np.array([np.nan, np.inf]))))
     assert all(np.isnan(qc.robust_stats(np.array([]))))
