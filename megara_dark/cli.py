@@ -1,4 +1,4 @@
-"""The operator's command line: ``megara-dark run | simulate | demo | inspect``.
+"""The operator's command line: ``megara-dark run | run-many | simulate | demo | inspect``.
 
 Results go to stdout (with ``--json``: one JSON document and nothing else);
 progress, warnings and errors go to stderr: a rich display when stdout and
@@ -8,12 +8,17 @@ Exit codes: 0 done (QC GOOD or PARTIAL), 2 usage or validation error, 3 I/O
 error, 4 product written but QC BAD, 130 interrupted (SIGINT or SIGTERM;
 nothing partial is left), 1 an unexpected internal error (a bug).  Errors are
 one line naming the file and the problem (a traceback only with ``--verbose``).
+``run-many`` exits 3 when any observation result failed, 4 when all were
+reduced but some QC is BAD.  ``--scheduler`` (and ``run-many``) use Dask, an
+optional extra: without it they exit 2 saying how to install it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import re
 import shutil
 import signal
@@ -22,13 +27,14 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from . import __version__
-from .combine import METHODS, build_info
+# NumPy, astropy and the modules that import them are imported where they are
+# used, after main() has started hashing the files named (see megara_dark.digest).
+from . import __version__, digest
 from .errors import InputFileError, MegaraDarkError, OutputError, ValidationError
-from .report import jsonable
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_IO, EXIT_QC_BAD, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -48,9 +54,12 @@ METHOD_OPTIONS = {
     "fclip": (("quantileclip",), {"type": float, "help": "fraction dropped at each end (0.1)"}),
 }
 DEMO_FRAMES = 5
+SCHEDULERS = "tcp://HOST:PORT, or local[:N] to start N local worker processes (one per CPU)"
 
 
 def version_text() -> str:
+    from .combine import build_info
+
     info = build_info()
     openmp = "on" if info["openmp"] else "off"
     return (
@@ -94,6 +103,8 @@ def _number(kind, minimum, strict=False):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .dask import INSTALL_HINT
+
     formatter = _Formatter
     parser = _Parser(
         prog="megara-dark",
@@ -102,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "3 I/O error,\n  4 product written but QC BAD, 130 interrupted (Ctrl-C, SIGTERM)\n\n"
         "examples:\n  megara-dark demo\n"
         "  megara-dark run dark_*.fits --bias master_bias.fits --out reduced/\n"
+        "  megara-dark run-many OB1.yaml OB2.yaml --out reduced/ --scheduler local:4\n"
         "  megara-dark SUBCOMMAND --help",
         formatter_class=formatter,
     )
@@ -121,28 +133,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--obresult", type=Path, help="numina observation-result YAML instead")
     run.add_argument("--bias", type=Path, help="master bias FITS (default: the YAML's)")
     run.add_argument("--out", type=Path, required=True, help="folder of the products")
-    run.add_argument("--method", choices=METHODS, default="median", help="default: median")
-    clipping = run.add_argument_group("method parameters (each for the methods named)")
-    for name, (methods, keywords) in METHOD_OPTIONS.items():
-        help_text = f"{'/'.join(methods)}: {keywords['help']}"
-        clipping.add_argument(f"--{name}", **{**keywords, "help": help_text})
-    run.add_argument(
-        "--unit",
-        choices=("counts", "rate"),
-        default="counts",
-        help="ADU per exposure (as megaradrp) or ADU/s; default: counts",
-    )
-    run.add_argument(
-        "--threads",
-        type=_number(int, 0),
-        default=0,
-        help="core threads (default 0: OpenMP's default)",
-    )
-    run.add_argument("--overwrite", action="store_true", help="replace existing products")
-    run.add_argument("--allow-single", action="store_true", help="accept a one-frame set")
-    run.add_argument("--strict", action="store_true", help="CHECKSUM mismatches are errors")
+    _add_recipe_options(run)
     run.add_argument("--no-png", action="store_true", help="skip the quick-look PNG")
+    run.add_argument(
+        "--scheduler",
+        help=f"combine on a Dask cluster: {SCHEDULERS} (needs {INSTALL_HINT})",
+    )
     _add_output_options(run, "the report summary")
+
+    many = sub.add_parser(
+        "run-many",
+        help="reduce many observation results in parallel on a Dask cluster",
+        description="Reduce numina observation results (YAML files) in parallel on a Dask "
+        "cluster, each into its own folder OUT/NAME (NAME: the YAML file's name without "
+        "its suffix) with its master dark, processing log and JSON report.  A failure does "
+        "not stop the others; a summary table ends the run.  Frames and master biases must "
+        f"be readable at the same paths on every worker.  Needs {INSTALL_HINT}.",
+        epilog="examples:\n"
+        "  megara-dark run-many OB1.yaml OB2.yaml --out reduced/ --scheduler local:4\n"
+        "  megara-dark run-many ob*.yaml --out reduced/ --scheduler tcp://HOST:8786 --json\n\n"
+        "exit codes:\n  0 all reduced with QC GOOD or PARTIAL, 3 any observation result "
+        "failed,\n  4 all reduced but some QC BAD, 2 usage error, 130 interrupted",
+        formatter_class=formatter,
+    )
+    many.add_argument("obresults", nargs="+", type=Path, help="observation-result YAML files")
+    many.add_argument("--bias", type=Path, help="master bias FITS for all (default: each YAML's)")
+    many.add_argument("--out", type=Path, required=True, help="parent folder of the products")
+    _add_recipe_options(many)
+    many.add_argument(
+        "--scheduler", default="local", help=f"{SCHEDULERS}; default: local (needs {INSTALL_HINT})"
+    )
+    _add_output_options(many, "the summary")
 
     sim = sub.add_parser(
         "simulate",
@@ -186,9 +207,35 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("product", type=Path, help="master dark FITS")
     inspect.add_argument("--png", type=Path, help="where to draw (default: beside the FITS)")
     _add_output_options(inspect, "the headers and QC")
-    for subparser in (run, sim, demo, inspect):  # for usage errors found after parsing
+    for subparser in (run, many, sim, demo, inspect):  # for usage errors found after parsing
         subparser.set_defaults(parser=subparser)
     return parser
+
+
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The recipe's options (method and its parameters, unit, threads...): see _recipe_options."""
+    from .combine import METHODS
+
+    p.add_argument("--method", choices=METHODS, default="median", help="default: median")
+    clipping = p.add_argument_group("method parameters (each for the methods named)")
+    for name, (methods, keywords) in METHOD_OPTIONS.items():
+        help_text = f"{'/'.join(methods)}: {keywords['help']}"
+        clipping.add_argument(f"--{name}", **{**keywords, "help": help_text})
+    p.add_argument(
+        "--unit",
+        choices=("counts", "rate"),
+        default="counts",
+        help="ADU per exposure (as megaradrp) or ADU/s; default: counts",
+    )
+    p.add_argument(
+        "--threads",
+        type=_number(int, 0),
+        default=0,
+        help="core threads (default 0: OpenMP's default)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing products")
+    p.add_argument("--allow-single", action="store_true", help="accept a one-frame set")
+    p.add_argument("--strict", action="store_true", help="CHECKSUM mismatches are errors")
 
 
 def _add_output_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -196,6 +243,19 @@ def _add_output_options(p: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--quiet", action="store_true", help="print nothing but errors")
     group.add_argument("--verbose", action="store_true", help="every log line; tracebacks")
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
+
+
+def _recipe_options(args) -> dict:
+    """DarkRecipe's keyword arguments from the options of _add_recipe_options."""
+    return {
+        "method": args.method,
+        "method_params": _method_params(args),
+        "unit": args.unit,
+        "nthreads": args.threads,
+        "overwrite": args.overwrite,
+        "allow_single": args.allow_single,
+        "strict": args.strict,
+    }
 
 
 def _method_params(args) -> dict:
@@ -344,7 +404,7 @@ class Display:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = _quick_start(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -376,6 +436,25 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, handler)
 
 
+def _quick_start(argv: list[str] | None) -> argparse.ArgumentParser:
+    """Build the parser, which imports NumPy and astropy (0.4 s), with the least delay:
+    the files named after ``run`` are hashed meanwhile in another thread (see
+    megara_dark.digest); NumPy's BLAS gets one thread (it only solves tiny spline fits
+    here, and its pool takes 0.1 s to start); the garbage collector waits until the
+    imports are done (they make no garbage, and it would take 0.06 s to find none)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["run"]:
+        digest.prefetch(words[1:])
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return build_parser()
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def _interrupted(signum, frame):
     """SIGINT or SIGTERM: stop where we are; further signals wait for the clean-up."""
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -401,12 +480,16 @@ def _fail(args, message: str, code: int, exc: Exception | None = None) -> int:
 
 
 def _print_json(data: dict) -> None:
+    from .report import jsonable
+
     print(json.dumps(jsonable(data), indent=2), flush=True)
 
 
 def _dispatch(args, display: Display) -> int:
     if args.command == "run":
         return _run(args, display)
+    if args.command == "run-many":
+        return _run_many(args, display)
     if args.command == "simulate":
         return _simulate(args, display)
     if args.command == "demo":
@@ -422,20 +505,17 @@ def _run(args, display: Display) -> int:
         args.parser.error("give dark frames or --obresult OB.yaml")
     if args.frames and args.obresult is not None:
         args.parser.error("give either dark frames or --obresult, not both")
-    return _reduce(
-        args,
-        display,
-        args.obresult if args.obresult is not None else args.frames,
-        args.bias,
-        args.out,
-        method=args.method,
-        method_params=_method_params(args),
-        unit=args.unit,
-        nthreads=args.threads,
-        overwrite=args.overwrite,
-        allow_single=args.allow_single,
-        strict=args.strict,
-    )
+    options = _recipe_options(args)
+    with _dask_client(args.scheduler, display) as client:
+        return _reduce(
+            args,
+            display,
+            args.obresult if args.obresult is not None else args.frames,
+            args.bias,
+            args.out,
+            client=client,
+            **options,
+        )
 
 
 def _reduce(args, display: Display, frames, bias, outdir: Path, extra=None, **options) -> int:
@@ -474,6 +554,71 @@ def _reduce(args, display: Display, frames, bias, outdir: Path, extra=None, **op
                 print(f"{key:12s} {summary[key]}")
         print(f"{'QC':12s} {result.qc.flag}" + "".join(f"\n  - {r}" for r in result.qc.reasons))
     return summary["exit_code"]
+
+
+def _run_many(args, display: Display) -> int:
+    """Each observation result reduced in its own folder on the cluster; the summary table."""
+    from .dask import format_summary, run_many
+
+    options = _recipe_options(args)
+    total = len(args.obresults)
+    done = []
+
+    def arrived(result) -> None:
+        done.append(result)
+        flag = f"QC {result.qc_flag}" if result.ok else "FAILED"
+        display.note(f"{result.obresult.name}: {flag} ({len(done)}/{total})")
+
+    with (
+        _dask_client(args.scheduler, display) as client,
+        display.step(f"reduce {total} observation results"),
+    ):
+        results = run_many(
+            args.obresults,
+            bias=args.bias,
+            outdir=args.out,
+            client=client,
+            on_result=arrived,
+            **options,
+        )
+    failed = [r for r in results if not r.ok]
+    if failed:
+        code = EXIT_IO
+    elif any(r.qc_flag == "BAD" for r in results):
+        code = EXIT_QC_BAD
+    else:
+        code = EXIT_OK
+    display.stop()
+    if args.json:
+        status = "failed" if failed else "ok"
+        _print_json({"status": status, "exit_code": code, "results": list(map(asdict, results))})
+    elif not args.quiet:
+        print(format_summary(results))
+    return code
+
+
+@contextmanager
+def _dask_client(scheduler: str | None, display: Display):
+    """A Dask client for ``--scheduler`` (None: yields None), closed at the end
+    with the local cluster it started; exit 2 if Dask is not installed."""
+    if scheduler is None:
+        yield None
+        return
+    from .dask import get_client
+
+    if not display.verbose:  # Dask's log lines, here and in local workers: errors only
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    try:
+        client = get_client(scheduler)
+    except ImportError as exc:  # the message says how to install it
+        raise MegaraDarkError(str(exc)) from None
+    with client:
+        workers = client.nthreads()
+        display.note(
+            f"Dask scheduler {client.scheduler.address}: {len(workers)} workers, "
+            f"{sum(workers.values())} threads"
+        )
+        yield client
 
 
 def _simulate(args, display: Display) -> int:

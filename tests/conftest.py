@@ -425,3 +425,37 @@ def megara_set(tmp_path_factory):
     return simulate_dark_set(
         tmp_path_factory.mktemp("megara") / "raw", nframes=3, seed=RECIPE_SEED, threads=2
     )
+
+
+# ==================================================================================================
+# Command-line tests (test_cli, test_dask): the installed ``megara-dark`` command in a subprocess.
+# ==================================================================================================
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+COMMAND = [str(Path(sys.executable).parent / "megara-dark")]
+CLI_ENV = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+CLI_TIMEOUT = 300
+ERROR_LINE = re.compile(r"^megara-dark: error: .+$")
+
+
+def cli(*args, cwd: Path, command=COMMAND) -> subprocess.CompletedProcess:
+    """Run the command with pipes (not a terminal) and wait for it."""
+    return subprocess.run(
+        [*command, *map(str, args)],
+        cwd=cwd,
+        env=CLI_ENV,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+
+
+def error_line(stderr: str) -> str:
+    """The error: stderr's last line, the only error line, and no traceback."""
+    lines = stderr.splitlines()
+    assert ERROR_LINE.match(lines[-1]), stderr
+    assert sum(bool(ERROR_LINE.match(line)) for line in lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[-1]

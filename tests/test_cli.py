@@ -23,34 +23,21 @@ import matplotlib.image
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import CLI_ENV as ENV
+from conftest import CLI_TIMEOUT as TIMEOUT
+from conftest import COMMAND, cli, error_line
 
 import megara_dark
 from megara_dark.combine import build_info
 
-COMMAND = [str(Path(sys.executable).parent / "megara-dark")]
 MODULE = [sys.executable, "-m", "megara_dark"]
 PNG_SIZE = (1200, 450)  # width, height of the quick-look PNG
 ROWS = 4112  # trimmed rows of a MEGARA frame: the combination's progress total
-ENV = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
 ANSI = re.compile(r"\x1b\[")
-ERROR_LINE = re.compile(r"^megara-dark: error: .+$")
-TIMEOUT = 300
 RUN_OPTIONS = (
     "--obresult --bias --out --method --low --high --nlow --nhigh --fclip --unit --threads "
     "--overwrite --json --quiet --verbose"
 ).split()
-
-
-def cli(*args, cwd: Path, command=COMMAND) -> subprocess.CompletedProcess:
-    """Run the command with pipes (not a terminal) and wait for it."""
-    return subprocess.run(
-        [*command, *map(str, args)],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -76,15 +63,6 @@ def assert_plain(stderr: str) -> None:
     # Rows done across both amplifiers, a line per quarter: increasing, to the end.
     rows = [int(n) for n in re.findall(rf"^combine: (\d+)/{ROWS} rows$", stderr, re.MULTILINE)]
     assert len(rows) >= 2 and rows == sorted(set(rows)) and rows[-1] == ROWS
-
-
-def error_line(stderr: str) -> str:
-    """The error: stderr's last line, the only error line, and no traceback."""
-    lines = stderr.splitlines()
-    assert ERROR_LINE.match(lines[-1]), stderr
-    assert sum(bool(ERROR_LINE.match(line)) for line in lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[-1]
 
 
 # ---- the demo, shared -------------------------------------------------------------
@@ -164,8 +142,9 @@ def test_version_shows_openmp_and_threads(command, tmp_path):
 @pytest.mark.parametrize(
     ("subcommand", "options"),
     [
-        ("", ["run", "simulate", "demo", "inspect", "exit codes"]),
-        ("run", RUN_OPTIONS),
+        ("", ["run", "run-many", "simulate", "demo", "inspect", "exit codes"]),
+        ("run", [*RUN_OPTIONS, "--scheduler"]),
+        ("run-many", ["--out", "--bias", "--scheduler", "--method", "--json", "exit codes"]),
         ("simulate", ["--out", "--frames", "--exptime", "--seed"]),
         ("demo", ["--frames", "--seed", "--json", "--quiet"]),
         ("inspect", ["--png", "--json"]),

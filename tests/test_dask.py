@@ -7,7 +7,9 @@ serves the module.  Every combination is compared byte for byte with
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +22,14 @@ distributed = pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402  (a dependency of distributed)
 import yaml  # noqa: E402
 from astropy.io import fits  # noqa: E402
-from conftest import RECIPE_GEOMETRY, esc, physical_values  # noqa: E402
+from conftest import (  # noqa: E402
+    RECIPE_GEOMETRY,
+    cli,
+    error_line,
+    esc,
+    physical_values,
+    run_recipe,
+)
 
 from megara_dark import dask as md_dask  # noqa: E402
 from megara_dark.combine import METHODS, combine  # noqa: E402
@@ -33,6 +42,7 @@ from megara_dark.variance import variance_factors  # noqa: E402
 SHAPE = (64, 80)
 NFRAMES = 7
 ROWS_PER_TASK = 9  # 8 tasks, the last one shorter
+ROWS = 4112  # trimmed rows of a MEGARA frame
 METHOD_KW = {"ccdclip": {"gain": 1.5, "rdnoise": 4.0}, "minmax": {"nlow": 1, "nhigh": 2}}
 
 
@@ -353,6 +363,176 @@ def test_summary_of_an_unreadable_observation_result():
         "ob7.yaml  -       FAILED  ValidationError: invalid input: |   x",
         "0 of 1 reduced (0 GOOD, 0 PARTIAL, 0 BAD), 1 failed",
     ]
+
+
+# ---- the recipe and the command line on a cluster -------------------------------------------
+
+NO_DISTRIBUTED = [
+    sys.executable,
+    "-c",
+    "import sys; sys.modules['distributed'] = None\n"  # import distributed fails
+    "from megara_dark.cli import main; sys.exit(main())",
+]
+
+
+def _planes(path) -> dict:
+    """dtype, shape and bytes of a master dark's PRIMARY, VARIANCE and MAP data."""
+    with fits.open(path) as hdul:
+        return {
+            name: (hdul[name].data.dtype, hdul[name].data.shape, hdul[name].data.tobytes())
+            for name in ("PRIMARY", "VARIANCE", "MAP")
+        }
+
+
+def test_recipe_with_a_client_is_bit_identical(client, dark_set, tmp_path):
+    """DarkRecipe(client=...) combines on the cluster, one task per block of rows of each
+    amplifier, and writes the same planes as DarkRecipe()."""
+    frames, bias = dark_set.frames, dark_set.master_bias
+    options = {"method": "sigclip", "method_params": {"low": 2.5}, "unit": "rate"}
+    direct = run_recipe(frames, bias, tmp_path / "direct", **options)
+    seen = []
+    with distributed.get_task_stream(client=client) as tasks:
+        on_dask = run_recipe(
+            frames,
+            bias,
+            tmp_path / "dask",
+            client=client,
+            progress=lambda *args: seen.append(args),
+            **options,
+        )
+    combine_tasks = [t for t in tasks.data if f"{md_dask.TASK_PREFIX}-combine-" in str(t["key"])]
+    assert len(combine_tasks) == 4  # 2 amplifiers x 2 worker threads
+    assert seen[-1] == ("combine", 64, 64)
+    assert _planes(on_dask.master_dark) == _planes(direct.master_dark)
+    assert on_dask.qc.flag == direct.qc.flag == "GOOD"
+
+
+@pytest.fixture(scope="module")
+def plain_run(megara_set, tmp_path_factory):
+    """``megara-dark run`` of the full-size MEGARA set, no Dask: the reference product."""
+    out = tmp_path_factory.mktemp("plain")
+    result = cli(
+        "run", *megara_set.frames, "--bias", megara_set.master_bias, "--out", out, "--no-png",
+        cwd=out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out / "master_dark.fits"
+
+
+@pytest.mark.parametrize("scheduler", ["given", "local:2"])
+def test_run_with_a_scheduler_is_bit_identical(client, megara_set, plain_run, scheduler, tmp_path):
+    """``run --scheduler ADDRESS`` (the test's cluster) or ``local:2`` (started and closed by
+    the command): the product's planes are the plain run's, byte for byte."""
+    address = client.scheduler.address if scheduler == "given" else scheduler
+    out = tmp_path / "reduced"
+    result = cli(
+        "run", *megara_set.frames, "--bias", megara_set.master_bias, "--out", out, "--no-png",
+        "--scheduler", address, "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)  # the whole of stdout: the Dask note is on stderr
+    assert summary["master_dark"] == str(out / "master_dark.fits") and summary["qc"] == "GOOD"
+    note = re.search(
+        r"^Dask scheduler (tcp://127\.0\.0\.1:\d+): 2 workers, 2 threads$", result.stderr, re.M
+    )
+    assert note, result.stderr
+    if scheduler == "given":
+        assert note[1] == address
+    assert f"combine: {ROWS}/{ROWS} rows" in result.stderr
+    assert _planes(out / "master_dark.fits") == _planes(plain_run)
+
+
+def test_run_many_one_failure_does_not_stop_the_others(client, megara_set, plain_run, tmp_path):
+    frames, bias = megara_set.frames, megara_set.master_bias
+    missing = tmp_path / "dark_099.fits"
+    obs = [
+        _observation_result(tmp_path, "OB1", frames, bias),
+        _observation_result(tmp_path, "OB9", [frames[0], missing], bias),
+        _observation_result(tmp_path, "OB2", frames[1:], bias),
+    ]
+    out = tmp_path / "reduced"
+    address = client.scheduler.address
+    result = cli("run-many", *obs, "--out", out, "--scheduler", address, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    table = result.stdout.splitlines()
+    assert table[0].split() == ["OB", "frames", "QC", "product", "or", "error"]
+    assert [line.split(maxsplit=3) for line in table[1:-1]] == [
+        ["OB1", "3", "GOOD", str(out / "OB1" / "master_dark.fits")],
+        ["OB9", "2", "FAILED", f"InputFileError: {missing}: no such file"],
+        ["OB2", "2", "PARTIAL", str(out / "OB2" / "master_dark.fits")],
+    ]
+    assert table[-1] == "2 of 3 reduced (1 GOOD, 1 PARTIAL, 0 BAD), 1 failed"
+    for line in ("OB1.yaml: QC GOOD", "OB9.yaml: FAILED", "OB2.yaml: QC PARTIAL"):
+        assert re.search(rf"^{line} \([123]/3\)$", result.stderr, re.MULTILINE), result.stderr
+    for ob, nframes in (("OB1", 3), ("OB2", 2)):
+        names = sorted(p.name for p in (out / ob).iterdir())
+        assert names == ["master_dark.fits", "master_dark.json", "master_dark.log"]
+        assert fits.getheader(out / ob / "master_dark.fits")["NUM-NCOM"] == nframes
+    assert not (out / "OB9" / "master_dark.fits").exists()
+    # The same frames and bias as the plain run, on a worker: the same bits.
+    assert _planes(out / "OB1" / "master_dark.fits") == _planes(plain_run)
+
+
+def test_run_many_qc_bad_exits_4_with_json(client, megara_set, tmp_path):
+    """--bias replaces the YAML's master bias (here one 500 ADU too low: QC BAD)."""
+    low_bias = tmp_path / "low_bias.fits"
+    with fits.open(megara_set.master_bias) as hdul:
+        fits.PrimaryHDU(hdul[0].data - np.float32(500), header=hdul[0].header).writeto(low_bias)
+    ob = _observation_result(tmp_path, "OB1", megara_set.frames[:2], megara_set.master_bias)
+    out = tmp_path / "reduced"
+    result = cli(
+        "run-many", ob, "--bias", low_bias, "--out", out, "--json", "--quiet",
+        "--scheduler", client.scheduler.address, cwd=tmp_path,
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (4, ""), result.stderr
+    product = out / "OB1" / "master_dark.fits"
+    assert json.loads(result.stdout) == {
+        "status": "ok",
+        "exit_code": 4,
+        "results": [
+            {
+                "obresult": str(ob),
+                "outdir": str(out / "OB1"),
+                "ob_id": "OB1",
+                "nframes": 2,
+                "qc_flag": "BAD",
+                "master_dark": str(product),
+                "error": None,
+            }
+        ],
+    }
+    header = fits.getheader(product)
+    assert header["QCFLAG"] == "BAD" and header["NUM-BS"] == fits.getheader(low_bias)["UUID"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "dark.fits", "--bias", "bias.fits", "--out", "o", "--scheduler", "local:2"],
+        ["run-many", "OB1.yaml", "--out", "o"],
+    ],
+    ids=["run --scheduler", "run-many"],
+)
+def test_without_distributed_the_command_says_how_to_install(args, tmp_path):
+    result = cli(*args, "--json", cwd=tmp_path, command=NO_DISTRIBUTED)
+    assert result.returncode == 2
+    message = (
+        "megara_dark's Dask support needs dask.distributed, which is not installed: "
+        "pip install 'megara_dark[dask]'"
+    )
+    assert error_line(result.stderr) == f"megara-dark: error: {message}"
+    assert json.loads(result.stdout) == {"status": "error", "exit_code": 2, "error": message}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_scheduler_is_a_usage_error(tmp_path):
+    result = cli("run-many", "OB1.yaml", "--out", "o", "--scheduler", "local:two", cwd=tmp_path)
+    assert result.returncode == 2
+    assert error_line(result.stderr) == (
+        "megara-dark: error: scheduler must be 'tcp://HOST:PORT' or 'local[:N]' "
+        "(N worker processes), got 'local:two'"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- a worker killed mid-run (last: the cluster restarts a worker) --------------------------
