@@ -238,7 +238,9 @@ def combine(
             y0, y1 = in_flight.pop(future)
             block = future.result()
             for name in PLANES:
-                getattr(out, name)[y0:y1] = getattr(block, name)
+                plane = getattr(out, name)
+                if plane is not None:  # a plane left None in ``out`` is not wanted
+                    plane[y0:y1] = getattr(block, name)
             rows_done += y1 - y0
             if options["progress"] is not None:
                 options["progress"](rows_done, shape[0])

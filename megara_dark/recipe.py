@@ -59,9 +59,10 @@ RAW_STRUCTURE_KEYS = ("BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM", "BUNIT"
 # Frame statistics use every k-th row and column, k chosen for about this many pixels
 # (k = 16 on a MEGARA frame; every pixel of a small one, whose median needs them all).
 FRAME_SAMPLE_PIXELS = 1 << 16
-# The planes the combination writes: value and variance (float32), npix and (clipping
-# methods) nrejected (int16).
-PLANE_BYTES_PER_PIXEL = {False: 4 + 4 + 2, True: 4 + 4 + 2 + 2}
+# The planes the combination writes: value and variance (float32), npix (int16), and
+# nrejected (int16) for the clipping methods, which alone reject values.
+PLANE_BYTES_PER_PIXEL = 4 + 4 + 2
+REJECTED_BYTES_PER_PIXEL = 2
 
 
 @dataclass
@@ -366,8 +367,8 @@ class DarkRecipe:
     def _combine(self, dark_set, raws, overscan, bias, used, log) -> CombineResult:
         shape = self.geometry.trimmed_shape
         n = len(used)
-        # Only a clipping method rejects values (the Dask path fills every plane).
-        rejects = self.method in CLIP_METHODS or self.client is not None
+        rejects = self.method in CLIP_METHODS
+        bytes_per_pixel = PLANE_BYTES_PER_PIXEL + (REJECTED_BYTES_PER_PIXEL if rejects else 0)
         try:
             out = CombineResult(
                 data=np.empty(shape, np.float32),
@@ -378,7 +379,7 @@ class DarkRecipe:
         except MemoryError:
             raise MegaraDarkError(
                 f"not enough memory for the planes of the master dark: {shape[0]} x {shape[1]} "
-                f"pixels need {shape[0] * shape[1] * PLANE_BYTES_PER_PIXEL[rejects]} bytes"
+                f"pixels need {shape[0] * shape[1] * bytes_per_pixel} bytes"
             ) from None
         frames = [dark_set.frames[i] for i in used]
         scales = [dark_set.exptimes[i] for i in used] if self.unit == "rate" else None

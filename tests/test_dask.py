@@ -174,6 +174,15 @@ def test_mixed_frames_out_and_progress(client, inputs):
     assert sorted(np.diff([0, *done])) == [4, 20, 20, 20]
 
 
+def test_planes_left_none_in_out_are_not_written(client, inputs):
+    """As the direct call: ``out`` may leave any plane but ``data`` None."""
+    planes = md_dask.combine(inputs["fits"], "median", client=client)
+    out = md_dask.CombineResult(np.full_like(planes.data, -1), None, None, None)
+    got = md_dask.combine(inputs["fits"], "median", client=client, rows_per_task=20, out=out)
+    assert got is out and got.variance is None and got.npix is None and got.nrejected is None
+    assert got.data.tobytes() == planes.data.tobytes()
+
+
 def test_default_rows_per_task(client, inputs):
     """Without rows_per_task: one task per worker thread at least (2 here), same bits."""
     seen = []
