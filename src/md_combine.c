@@ -13,7 +13,19 @@
  * values, by a sorting network across the tile or by a scalar sort of the
  * pixel's good values; both give the same sorted values, so a pixel's result
  * never depends on its neighbours, the tile width or the thread count.
+ *
+ * Most tiles hold no bad value.  Where no frame is masked or normalised, a
+ * tile is first gathered without any check, its column sums taken on the
+ * way (gather_clean); if every sum is finite, so is every value, and the
+ * method runs on the tile gather() would have made, with the sums reused for
+ * the mean.  Otherwise the tile is gathered again, with the checks.  Both
+ * ways give every pixel the same bits, so a tile's way may depend on its
+ * neighbours (after a tile with bad values the cheap way is skipped for a
+ * while) without any result depending on it.
  */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200112L /* posix_memalign */
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -304,10 +316,11 @@ MD_HOT static void gather(const md_inputs *in, workspace *ws, size_t y, size_t x
  * pass: rows[i][0..w) as gather() stores good values, and their column sums
  * in frame order in ws->swx (bad values are not marked, but make a sum NaN
  * or infinite).  Returns 1 when every sum is finite, so every value is good
- * and gather() would have stored the same tile (nbad is then zeroed);
- * otherwise 0, and the tile must be gathered again by gather().
+ * and gather() would have stored the same tile (nbad is then zeroed when
+ * zero_nbad); otherwise 0, and the tile must be gathered again by gather().
  */
-MD_HOT static int gather_clean(const md_inputs *in, workspace *ws, size_t y, size_t x0, size_t w)
+MD_HOT static int gather_clean(const md_inputs *in, workspace *ws, size_t y, size_t x0, size_t w,
+                               int zero_nbad)
 {
     double *restrict sum = ws->swx;
     double *restrict offs = ws->pw;
@@ -320,7 +333,7 @@ MD_HOT static int gather_clean(const md_inputs *in, workspace *ws, size_t y, siz
     int bad = 0;
     for (size_t x = 0; x < w; x++) bad |= !(sum[x] - sum[x] == 0.0);
     if (bad) return 0;
-    memset(ws->nbad, 0, w * sizeof(double));
+    if (zero_nbad) memset(ws->nbad, 0, w * sizeof(double));
     return 1;
 }
 
@@ -407,6 +420,7 @@ static const md_kernels *kernels_for(size_t nframes)
 /* 1 when no value of the tile's w columns is bad. */
 static int tile_is_clean(const workspace *ws, size_t w)
 {
+    if (ws->have_sums) return 1;
     int bad = 0;
     for (size_t x = 0; x < w; x++) bad |= ws->nbad[x] != 0.0;
     return !bad;
@@ -418,19 +432,50 @@ static void all_used(workspace *ws)
     ws->all_used = 1;
 }
 
+/* q[x] += (rows[j][x] - mu[x])^2 for j = 0 .. g - 1 in turn, g <= 4. */
+static inline __attribute__((always_inline)) void add_squares(double *restrict q,
+                                                              const double *restrict mu,
+                                                              double *const *rows, size_t g,
+                                                              size_t w)
+{
+    const double *restrict r0 = rows[0], *restrict r1 = rows[g > 1 ? 1 : 0];
+    const double *restrict r2 = rows[g > 2 ? 2 : 0], *restrict r3 = rows[g > 3 ? 3 : 0];
+    for (size_t x = 0; x < w; x++) {
+        const double m = mu[x];
+        double acc = q[x], d;
+        d = r0[x] - m;
+        acc += d * d;
+        if (g > 1) {
+            d = r1[x] - m;
+            acc += d * d;
+        }
+        if (g > 2) {
+            d = r2[x] - m;
+            acc += d * d;
+        }
+        if (g > 3) {
+            d = r3[x] - m;
+            acc += d * d;
+        }
+        q[x] = acc;
+    }
+}
+
 /*
- * Column sums (swx), and with want_mean or want_var the means (mean), and with
- * want_var the variances, of a tile holding no bad value, without weights:
+ * Column sums (swx), and the means (into mean_out, or with want_var alone into
+ * ws->mean), and with want_var the variances, of a tile holding no bad value,
+ * without weights:
  * what column_moments and column_variances give N good values, by the same
  * operations in the same order, the divisions done by divide().  The sums
  * are gather_clean's when it gathered the tile.
  */
 MD_HOT static void clean_moments(const md_inputs *in, const md_params *p, workspace *ws,
-                                 size_t w, int want_mean, int want_var)
+                                 size_t w, double *mean_out, int want_var)
 {
     const size_t nf = in->nframes;
     const double n = (double)nf;
-    double *restrict s = ws->swx, *restrict mu = ws->mean, *restrict q = ws->ss;
+    double *restrict s = ws->swx, *restrict q = ws->ss;
+    double *restrict mu = mean_out ? mean_out : ws->mean;
     if (!ws->have_sums) {
         for (size_t x = 0; x < w; x++) s[x] = 0.0;
         for (size_t i = 0; i < nf; i++) {
@@ -438,7 +483,7 @@ MD_HOT static void clean_moments(const md_inputs *in, const md_params *p, worksp
             for (size_t x = 0; x < w; x++) s[x] += r[x];
         }
     }
-    if (!want_mean && !want_var) return;
+    if (!mean_out && !want_var) return;
     divide(mu, s, w, n);
     if (!want_var) return;
     double *restrict var = ws->variance;
@@ -446,31 +491,14 @@ MD_HOT static void clean_moments(const md_inputs *in, const md_params *p, worksp
         for (size_t x = 0; x < w; x++) var[x] = NAN;
         return;
     }
-    /* q = sum over frames of (x - mean)^2, four frames per sweep. */
+    /* q = sum over frames of (x - mean)^2, up to four frames per sweep. */
     for (size_t x = 0; x < w; x++) q[x] = 0.0;
-    size_t i = 0;
-    for (; i + 4 <= nf; i += 4) {
-        const double *restrict r0 = ws->rows[i], *restrict r1 = ws->rows[i + 1];
-        const double *restrict r2 = ws->rows[i + 2], *restrict r3 = ws->rows[i + 3];
-        for (size_t x = 0; x < w; x++) {
-            const double m = mu[x];
-            double acc = q[x], d;
-            d = r0[x] - m;
-            acc += d * d;
-            d = r1[x] - m;
-            acc += d * d;
-            d = r2[x] - m;
-            acc += d * d;
-            d = r3[x] - m;
-            acc += d * d;
-            q[x] = acc;
-        }
-    }
-    for (; i < nf; i++) {
-        const double *restrict r = ws->rows[i];
-        for (size_t x = 0; x < w; x++) {
-            const double d = r[x] - mu[x];
-            q[x] += d * d;
+    for (size_t i = 0; i < nf; i += 4) {
+        switch (nf - i) {
+        case 1: add_squares(q, mu, ws->rows + i, 1, w); break;
+        case 2: add_squares(q, mu, ws->rows + i, 2, w); break;
+        case 3: add_squares(q, mu, ws->rows + i, 3, w); break;
+        default: add_squares(q, mu, ws->rows + i, 4, w); break;
         }
     }
     /* var_factor[n] * (q / (n - n / n)) * n / (n * n), as column_variances */
@@ -486,8 +514,8 @@ MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, wor
 {
     const int sum = p->method == MD_SUM;
     if (!in->weights && tile_is_clean(ws, w)) {
-        clean_moments(in, p, ws, w, !sum, want_var);
-        memcpy(ws->value, sum ? ws->swx : ws->mean, w * sizeof(double));
+        clean_moments(in, p, ws, w, sum ? NULL : ws->value, want_var);
+        if (sum) memcpy(ws->value, ws->swx, w * sizeof(double));
         all_used(ws);
         return;
     }
@@ -508,7 +536,7 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
     const md_kernels *kernels = kernels_for(nf);
     const int clean = tile_is_clean(ws, w);
     if (want_var && clean) { /* the median ignores weights */
-        clean_moments(in, p, ws, w, 0, 1);
+        clean_moments(in, p, ws, w, NULL, 1);
     } else if (want_var) {
         column_moments(nf, NULL, ws, w, 1);
         column_variances(p, ws, w);
@@ -585,6 +613,7 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
                          int try_clean)
 {
     const int want_var = out->variance.data != NULL;
+    const int mean_or_sum = p->method == MD_MEAN || p->method == MD_SUM; /* never read nbad */
     for (size_t y = y0; y < y1; y++) {
         for (size_t x0 = 0; x0 < in->nx; x0 += tw) {
             const size_t w = in->nx - x0 < tw ? in->nx - x0 : tw;
@@ -592,7 +621,7 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
              * found bad values, it is skipped for 1, 2, 4 ... 64 tiles. */
             ws->have_sums = 0;
             if (try_clean && ws->skip == 0) {
-                ws->have_sums = gather_clean(in, ws, y, x0, w);
+                ws->have_sums = gather_clean(in, ws, y, x0, w, !mean_or_sum);
                 ws->backoff = ws->have_sums ? 0 : ws->backoff ? 2 * ws->backoff : 1;
                 if (ws->backoff > 64) ws->backoff = 64;
                 ws->skip = ws->backoff;

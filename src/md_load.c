@@ -111,7 +111,7 @@ MD_DEFINE_LOADERS(f64, double, uint64_t, bswap64, 0)
  * The loaders of md_load_sum: no bad-value marking (BLANK becomes NaN), and
  * the arithmetic of correct_##SUFFIX with the operations that change no bit
  * left out: AFF picks t + b (a = 1: 1 * t == t) or a * t + b; CORR picks
- * nothing (no bias and off = +0: x - (+0) == x) or (t - sub[k]) - off.  Four
+ * nothing (no bias and off = +0: x - (+0) == x) or (v - sub[k]) - off.  Four
  * frames read alike share one sweep, their values added to the column sums
  * in frame order as one frame at a time would.
  */
