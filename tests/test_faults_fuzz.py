@@ -25,6 +25,10 @@ def good(tmp_path_factory):
 @settings(
     max_examples=EXAMPLES,
     database=None,
+    # The same examples every run: with random ones about one run in five ends in
+    # hypothesis's FlakyStrategyDefinition (cause not found; tools/fuzz_inputs.py
+    # explores at random, and reports what fails).
+    derandomize=True,
     suppress_health_check=[
         *settings.default.suppress_health_check,
         HealthCheck.function_scoped_fixture,
