@@ -28,7 +28,7 @@ import weakref
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,18 +390,19 @@ def verify_checksums(image: FitsImage) -> list[str]:
 _CHECKSUM_EXCLUDED = frozenset(b":;<=>?@[\\]^_`")
 
 
-def write_images(path: Path, hdul: fits.HDUList, chunk_bytes: int = 1 << 20) -> str:
+def write_images(path: Path, hdul: fits.HDUList, chunk_bytes: int = 1 << 20) -> Future[str]:
     """Write an HDUList of 2-D images to a new FITS file ``path``, with CHECKSUM
-    and DATASUM cards in every HDU, and return the sha256 (hex) of the file.
+    and DATASUM cards in every HDU; return a Future of the sha256 (hex) of the file.
 
     The file is the one ``hdul.writeto(path, checksum=True)`` writes, without
     its passes over the data: the data sums come from the arrays as they are
     in memory, and the data go out big-endian through two buffers of
     ``chunk_bytes`` (a multiple of 4) used in turn, each hashed in a second
     thread (hashlib releases the GIL) while the other is filled and written.
-    Each HDU's data must be a C-contiguous array of native byte order with 2-
-    or 4-byte items (int16, int32, float32).  OSError when the file cannot be
-    written.
+    The file is complete and closed on return; the hash of its last chunks
+    may still be running (flush the file to disk meanwhile).  Each HDU's data
+    must be a C-contiguous array of native byte order with 2- or 4-byte items
+    (int16, int32, float32).  OSError when the file cannot be written.
     """
     hdul.verify("exception")
     hdul.update_extend()
@@ -409,24 +410,32 @@ def write_images(path: Path, hdul: fits.HDUList, chunk_bytes: int = 1 << 20) -> 
     buffers = [np.empty(chunk_bytes, np.uint8) for _ in range(2)]
     hashed = [None, None]  # the pending hash of each buffer's last chunk
     k = 0
-    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as hasher:
-        for hdu in hdul:
-            block = _header_with_checksums(hdu)
-            f.write(block)
-            hasher.submit(digest.update, block)
-            flat = hdu.data.reshape(-1)
-            for start in range(0, flat.size, chunk_bytes // flat.itemsize):
-                if hashed[k % 2] is not None:
-                    hashed[k % 2].result()  # the buffer is free again
-                chunk = buffers[k % 2].view(flat.dtype.newbyteorder(">"))[: flat.size - start]
-                np.copyto(chunk, flat[start : start + chunk.size])
-                chunk.tofile(f)  # a short write raises OSError (a full disk)
-                hashed[k % 2] = hasher.submit(digest.update, chunk)
-                k += 1
-            padding = bytes(-flat.nbytes % FITS_BLOCK)
-            f.write(padding)
-            hasher.submit(digest.update, padding)
-    return digest.hexdigest()
+    hasher = ThreadPoolExecutor(max_workers=1)
+    try:
+        with open(path, "wb") as f:
+            for hdu in hdul:
+                block = _header_with_checksums(hdu)
+                f.write(block)
+                hasher.submit(digest.update, block)
+                flat = hdu.data.reshape(-1)
+                for start in range(0, flat.size, chunk_bytes // flat.itemsize):
+                    if hashed[k % 2] is not None:
+                        hashed[k % 2].result()  # the buffer is free again
+                    chunk = buffers[k % 2].view(flat.dtype.newbyteorder(">"))
+                    chunk = chunk[: flat.size - start]
+                    np.copyto(chunk, flat[start : start + chunk.size])
+                    chunk.tofile(f)  # a short write raises OSError (a full disk)
+                    hashed[k % 2] = hasher.submit(digest.update, chunk)
+                    k += 1
+                padding = bytes(-flat.nbytes % FITS_BLOCK)
+                f.write(padding)
+                hasher.submit(digest.update, padding)
+    except BaseException:
+        hasher.shutdown(wait=False, cancel_futures=True)  # hash no more
+        raise
+    sha256 = hasher.submit(digest.hexdigest)  # after every update: one worker, in order
+    hasher.shutdown(wait=False)
+    return sha256
 
 
 def _header_with_checksums(hdu) -> bytes:

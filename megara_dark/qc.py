@@ -20,6 +20,7 @@ away from GOOD is listed in ``reasons``.  Thresholds are in
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -181,7 +182,7 @@ def gate_frames(frames: list[FrameStats], thresholds: QCThresholds) -> None:
 
 
 def master_stats(
-    data, npix, nframes: int, exptime: float, unit: str, gains, thresholds, sample_step: int = 3
+    data, npix, nframes: int, exptime: float, unit: str, gains, thresholds, sample_step: int = 17
 ) -> dict:
     """Statistics of the master dark planes (see the module doc).
 
@@ -189,22 +190,23 @@ def master_stats(
     with a good value per pixel (used or rejected), same shape; exptime: the
     set's exposure time (s); gains: e-/ADU of the two amplifiers (top and
     bottom halves of the rows), or None.
-    Median and robust sigma come from every ``sample_step``-th pixel; the
-    other figures from every pixel, in blocks of rows (no temporary the size
-    of a plane).
+    Median and robust sigma come from every ``sample_step``-th pixel, in a
+    second thread while the counts that need no limit are taken: about a
+    million values of a 4112 x 4096 plane (standard error of the median 0.001
+    sigma); 17 does not divide the 4096-pixel rows, so the sampled columns
+    shift from row to row.  The other figures come from every pixel, in
+    blocks of rows (no temporary the size of a plane).
     """
     flat = data.reshape(-1)
-    median, sigma = robust_stats(flat[::sample_step])
-    hot_limit = median + thresholds.hot_sigma * sigma
-    finite_count = hot = partial = 0
     rows = max(1, STATS_BLOCK_PIXELS // max(1, data.shape[1]))
-    for y in range(0, data.shape[0], rows):
-        block, counts = data[y : y + rows], npix[y : y + rows]
-        finite = np.isfinite(block)
-        n = np.count_nonzero(finite)
-        finite_count += n
-        hot += int(np.count_nonzero((block if n == block.size else block[finite]) > hot_limit))
-        partial += int(np.count_nonzero(counts < nframes))
+    blocks = [slice(y, y + rows) for y in range(0, data.shape[0], rows)]
+    with ThreadPoolExecutor(max_workers=1) as pool:  # NumPy releases the GIL
+        robust = pool.submit(robust_stats, flat[::sample_step])
+        finite_count = sum(int(np.count_nonzero(np.isfinite(data[b]))) for b in blocks)
+        partial = sum(int(np.count_nonzero(npix[b] < nframes)) for b in blocks)
+        median, sigma = robust.result()
+    hot_limit = median + thresholds.hot_sigma * sigma  # NaN (no value) > limit is False
+    hot = sum(int(np.count_nonzero(data[b] > hot_limit)) for b in blocks)
     nan_count = flat.size - finite_count
     if nan_count == 0:
         mean = float(np.mean(flat))

@@ -314,16 +314,16 @@ class DarkRecipe:
         """Overscan models, frame gate and the combination: the planes of the product."""
         raws = [read_raw(f) for f in dark_set.frames]
         bias = _physical(dark_set.bias, read_raw(dark_set.bias))
-        with log.step("overscan"):
-            overscan = [
-                self._overscan(dark_set, f, raw)
-                for f, raw in zip(dark_set.frames, raws, strict=True)
-            ]
-        with log.step("frame statistics"):
-            frames_qc = [
-                self._frame_stats(f, raw, model, bias)
-                for f, raw, model in zip(dark_set.frames, raws, overscan, strict=True)
-            ]
+
+        def measure(frame, raw):  # one frame's overscan model and statistics
+            model = self._overscan(dark_set, frame, raw)
+            return model, self._frame_stats(frame, raw, model, bias)
+
+        with log.step("overscan and frame statistics"):
+            with ThreadPoolExecutor(max_workers=2) as pool:  # NumPy releases the GIL
+                measured = list(pool.map(measure, dark_set.frames, raws))
+            overscan = [model for model, _ in measured]
+            frames_qc = [stats for _, stats in measured]
             qc.gate_frames(frames_qc, self.thresholds)
         used = [i for i, s in enumerate(frames_qc) if s.passed]
         for s in frames_qc:
@@ -448,8 +448,9 @@ class DarkRecipe:
         tmp_fits = staged.stage(products.fits)
         # The log and the report are written after this step: they hold its timing.
         with log.step("write master dark"), writing(products.fits):
-            fits_sha256 = write_images(tmp_fits, hdul)
-            fsync_file(tmp_fits)
+            fits_digest = write_images(tmp_fits, hdul)
+            fsync_file(tmp_fits)  # while the last chunks are hashed
+            fits_sha256 = fits_digest.result()
         tmp_log = staged.stage(products.log)
         with writing(products.log):
             tmp_log.write_text(log.text(f"megara_dark DarkRecipe log, {utc_now()}"))

@@ -14,10 +14,10 @@ which reads the fault from the environment variable ``MEGARA_DARK_FAULT`` (JSON)
     planes of the master dark are allocated there).
 ``{"signal": "SIGINT", "at": where}``
     The process sends itself the signal, at a moment chosen exactly: ``where`` is a
-    log message (``"overscan: start"``: the frames are mapped, the first pixels about
-    to be read), ``"combine rows"`` (in the core's progress callback: between two row
-    chunks, once a quarter of the rows are done) or ``"fsync 1"`` (just after the
-    master dark's temp file is written and flushed, before it is renamed).
+    log message (``"overscan and frame statistics: start"``: the frames are mapped, the
+    first pixels about to be read), ``"combine rows"`` (in the core's progress callback:
+    between two row chunks, once a quarter of the rows are done) or ``"fsync 1"`` (just
+    after the master dark's temp file is written and flushed, before it is renamed).
 ``{"opens": path}``
     Count, per file, how often it is opened, and the most descriptors open at once;
     written as JSON to ``path`` at exit.

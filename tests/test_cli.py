@@ -58,7 +58,11 @@ def assert_quicklook(path: Path) -> None:
 def assert_plain(stderr: str) -> None:
     """Progress as plain lines: no escape codes, no carriage returns, the stages."""
     assert not ANSI.search(stderr) and "\r" not in stderr
-    for stage in ("validate headers: start", "overscan: start", "write master dark: start"):
+    for stage in (
+        "validate headers: start",
+        "overscan and frame statistics: start",
+        "write master dark: start",
+    ):
         assert stage in stderr
     # Rows done across both amplifiers, a line per quarter: increasing, to the end.
     rows = [int(n) for n in re.findall(rf"^combine: (\d+)/{ROWS} rows$", stderr, re.MULTILINE)]

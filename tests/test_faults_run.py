@@ -46,7 +46,7 @@ INTERRUPT_REPORT = r"^interrupted \(SIGINT or SIGTERM\); no product was written$
 # Where an interrupt lands, and whether validation was over (a failure report is due).
 STAGES = {
     "reading headers": ("validate headers: start", False),
-    "reading pixels": ("overscan: start", True),
+    "reading pixels": ("overscan and frame statistics: start", True),
     "combining": ("combine rows", True),
     "writing": ("fsync 1", True),
 }

@@ -550,7 +550,7 @@ def test_write_images_as_astropy(tmp_path, rng):
         ]
         planes[0].flat[0] = np.nan
         ours, theirs = tmp_path / "ours.fits", tmp_path / "theirs.fits"
-        sha = io_module.write_images(ours, product_hdul(planes), chunk_bytes=chunk)
+        sha = io_module.write_images(ours, product_hdul(planes), chunk_bytes=chunk).result()
         product_hdul(planes).writeto(theirs, checksum=True, overwrite=True)
         assert sha == file_sha256(ours)
         assert ours.stat().st_size == theirs.stat().st_size

@@ -24,8 +24,7 @@ from megara_dark.report import ProcessingLog, jsonable, report_schema, write_jso
 STEPS = [
     "check outputs",
     "validate headers",
-    "overscan",
-    "frame statistics",
+    "overscan and frame statistics",
     "combine (median, 5 frames)",
     "quality control",
     "write master dark",
