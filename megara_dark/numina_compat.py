@@ -425,7 +425,8 @@ def _combine(method, arrays, masks, dtype, out, out_res, out_var, out_pix, zeros
         for plane, kinds in zip(planes, (_FLOAT_PLANES, _FLOAT_PLANES, _COUNT_PLANES), strict=True)
     ]
     value, variance, npix = targets
-    nrejected = np.empty(flat, np.int32) if method.name not in ("mean", "median", "sum") else None
+    count = np.int16 if n <= _native.INT16_MAX_FRAMES else np.int32
+    nrejected = np.empty(flat, count) if method.name not in ("mean", "median", "sum") else None
     _core.combine_into(
         frames,
         value,
@@ -552,16 +553,17 @@ def _numina_conventions(method, value, variance, npix, nrejected, fill) -> None:
     """In place: numina's variance for one value, sigmaclip's std, and 0, 0, 0 where
     the parameters leave no value (fill where there is no good value)."""
     if method.name != "sum":
-        variance[npix == 1] = 0.0
+        np.putmask(variance, npix == 1, 0.0)
     if method.name == "sigmaclip":
         variance *= npix  # the core gave s2 / npix
         np.sqrt(variance, out=variance)
-    if fill == 0.0:
-        empty = npix == 0
-    elif nrejected is not None:
-        empty = (npix == 0) & (nrejected > 0)
-    else:
+    if fill != 0.0 and nrejected is None:
         return
+    empty = npix == 0
+    if not empty.any():  # the usual case: every pixel has a value
+        return
+    if fill != 0.0:
+        empty &= nrejected > 0
     value[empty] = 0.0
     variance[empty] = 0.0
 
