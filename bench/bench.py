@@ -266,16 +266,24 @@ def bench_recipe(work: Path, repeats: int, timeout: float) -> list[Row]:
     time_commands(row, commands, work, timeout)
     if row.status != "failed":
         row.note = "wall time of the process; simulated frames: megara_dark simulate"
+    png = Row(case, "median", "python -m megara_dark run (+ quick-look PNG)", "files", spec={})
+    commands = [
+        [*cli, "run", *frames, "--bias", bias, "--out", f"reduced_png_{i}", "--quiet"]
+        for i in range(repeats + 1)
+    ]
+    time_commands(png, commands, work, timeout)
+    if png.status != "failed":
+        png.note = "the PNG is drawn after the products are in place"
     numina = Path(sys.executable).with_name("numina")
     if importlib.util.find_spec("megaradrp") is None or not numina.exists():
         megaradrp.skip("megaradrp (numina run) is not installed")
-        return [row, megaradrp]
+        return [row, png, megaradrp]
     folders = [numina_run_folder(work / f"numina_{i}", work, frames, bias) for i in range(3)]
     commands = [[str(numina), "run", "ob.yaml", "-r", "control.yaml"] for _ in folders]
     time_commands(megaradrp, commands, folders, timeout)
     if megaradrp.status != "failed":
         megaradrp.note = "numina run ob.yaml (frames linked; numina copies them to its work folder)"
-    return [row, megaradrp]
+    return [row, png, megaradrp]
 
 
 def numina_run_folder(folder: Path, work: Path, frames: list[str], bias: str) -> Path:
