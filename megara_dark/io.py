@@ -399,10 +399,13 @@ def write_images(path: Path, hdul: fits.HDUList, chunk_bytes: int = 1 << 20) -> 
     in memory, and the data go out big-endian through two buffers of
     ``chunk_bytes`` (a multiple of 4) used in turn, each hashed in a second
     thread (hashlib releases the GIL) while the other is filled and written.
-    The file is complete and closed on return; the hash of its last chunks
-    may still be running (flush the file to disk meanwhile).  Each HDU's data
-    must be a C-contiguous array of native byte order with 2- or 4-byte items
-    (int16, int32, float32).  OSError when the file cannot be written.
+    Meanwhile a third thread flushes to disk what is written so far
+    (``fdatasync``, at most one at a time), so that the caller's final
+    ``fsync`` has little left to do.  The file is complete and closed on
+    return; the hash of its last chunks may still be running (flush the file
+    to disk meanwhile).  Each HDU's data must be a C-contiguous array of
+    native byte order with 2- or 4-byte items (int16, int32, float32).
+    OSError when the file cannot be written.
     """
     hdul.verify("exception")
     hdul.update_extend()
@@ -412,7 +415,7 @@ def write_images(path: Path, hdul: fits.HDUList, chunk_bytes: int = 1 << 20) -> 
     k = 0
     hasher = ThreadPoolExecutor(max_workers=1)
     try:
-        with open(path, "wb") as f:
+        with open(path, "wb") as f, _EarlyFlusher(f) as flusher:
             for hdu in hdul:
                 block = _header_with_checksums(hdu)
                 f.write(block)
@@ -426,6 +429,7 @@ def write_images(path: Path, hdul: fits.HDUList, chunk_bytes: int = 1 << 20) -> 
                     np.copyto(chunk, flat[start : start + chunk.size])
                     chunk.tofile(f)  # a short write raises OSError (a full disk)
                     hashed[k % 2] = hasher.submit(digest.update, chunk)
+                    flusher.written(chunk.nbytes)
                     k += 1
                 padding = bytes(-flat.nbytes % FITS_BLOCK)
                 f.write(padding)
@@ -436,6 +440,35 @@ def write_images(path: Path, hdul: fits.HDUList, chunk_bytes: int = 1 << 20) -> 
     sha256 = hasher.submit(digest.hexdigest)  # after every update: one worker, in order
     hasher.shutdown(wait=False)
     return sha256
+
+
+class _EarlyFlusher:
+    """Flushes an open file to disk in a background thread every ``every_bytes``
+    written (one ``fdatasync`` at a time); leaving the block waits for the last
+    one and raises its error, if any."""
+
+    def __init__(self, f, every_bytes: int = 32 << 20):
+        self.f, self.every_bytes, self.pending_bytes = f, every_bytes, 0
+        self.flushing = None
+        self.pool = ThreadPoolExecutor(max_workers=1)
+
+    def written(self, nbytes: int) -> None:
+        self.pending_bytes += nbytes
+        busy = self.flushing is not None and self.flushing.running()
+        if self.pending_bytes >= self.every_bytes and not busy:
+            if self.flushing is not None:
+                self.flushing.result()  # an error of the last flush
+            self.f.flush()
+            self.flushing = self.pool.submit(os.fdatasync, self.f.fileno())
+            self.pending_bytes = 0
+
+    def __enter__(self) -> _EarlyFlusher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)
+        if self.flushing is not None and exc[0] is None:
+            self.flushing.result()
 
 
 def _header_with_checksums(hdu) -> bytes:
