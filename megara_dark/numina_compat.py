@@ -550,18 +550,19 @@ def _core_params(method: CombineMethod, n: int) -> dict:
 
 
 def _numina_conventions(method, value, variance, npix, nrejected, fill) -> None:
-    """In place: numina's variance for one value, sigmaclip's std, and 0, 0, 0 where
-    the parameters leave no value (fill where there is no good value)."""
-    if method.name != "sum":
-        np.putmask(variance, npix == 1, 0.0)
+    """In place: sigmaclip's std, numina's variance 0 for one value, and 0, 0, 0 where
+    the parameters leave no value (fill where there is no good value).  Where every
+    pixel has two values or more (the usual case) one pass over npix finds nothing to do."""
     if method.name == "sigmaclip":
         variance *= npix  # the core gave s2 / npix
         np.sqrt(variance, out=variance)
+    if npix.size == 0 or npix.min() > 1:
+        return
+    if method.name != "sum":
+        np.putmask(variance, npix == 1, 0.0)
     if fill != 0.0 and nrejected is None:
         return
     empty = npix == 0
-    if not empty.any():  # the usual case: every pixel has a value
-        return
     if fill != 0.0:
         empty &= nrejected > 0
     value[empty] = 0.0
