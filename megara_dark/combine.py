@@ -446,11 +446,16 @@ def _row_offsets(row_offsets, n, ny):
     return r
 
 
+def _count_dtype(n: int) -> type:
+    """The type of the count planes (npix, nrejected) for n frames."""
+    return np.int16 if n <= INT16_MAX_FRAMES else np.int32
+
+
 def _outputs(out, shape, n, dtype) -> CombineResult:
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    count_dtype = np.int16 if n <= INT16_MAX_FRAMES else np.int32
+    count_dtype = _count_dtype(n)
     if out is None:
         return CombineResult(
             data=np.empty(shape, dtype),

@@ -425,8 +425,8 @@ def _combine(method, arrays, masks, dtype, out, out_res, out_var, out_pix, zeros
         for plane, kinds in zip(planes, (_FLOAT_PLANES, _FLOAT_PLANES, _COUNT_PLANES), strict=True)
     ]
     value, variance, npix = targets
-    count = np.int16 if n <= _native.INT16_MAX_FRAMES else np.int32
-    nrejected = np.empty(flat, count) if method.name not in ("mean", "median", "sum") else None
+    rejects = method.name not in ("mean", "median", "sum")
+    nrejected = np.empty(flat, _native._count_dtype(n)) if rejects else None
     _core.combine_into(
         frames,
         value,
