@@ -321,56 +321,41 @@ void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned ch
     }
 }
 
-#define MD_DEFINE_STORER(NAME, T, CONVERT)                                                        \
-    static void NAME(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src)        \
+/* NAME(pl, y, x0, w, SOURCE): row y, columns x0 .. x0 + w, of a plane of T
+ * set to CONVERT(VALUE), VALUE the k-th value written (a double). */
+#define MD_DEFINE_WRITER(NAME, T, CONVERT, SOURCE, VALUE)                                         \
+    static void NAME(const md_plane *pl, size_t y, size_t x0, size_t w, SOURCE)                   \
     {                                                                                             \
         char *row = (char *)pl->data + (ptrdiff_t)y * pl->row_stride                              \
                     + (ptrdiff_t)x0 * pl->col_stride;                                             \
         if (pl->col_stride == (long long)sizeof(T)) {                                             \
             T *p = (T *)(void *)row;                                                              \
-            for (size_t k = 0; k < w; k++) p[k] = CONVERT(src[k]);                                \
+            for (size_t k = 0; k < w; k++) p[k] = CONVERT(VALUE);                                 \
         } else {                                                                                  \
             for (size_t k = 0; k < w; k++) {                                                      \
-                T t = CONVERT(src[k]);                                                            \
+                T t = CONVERT(VALUE);                                                             \
                 memcpy(row + (ptrdiff_t)k * pl->col_stride, &t, sizeof t);                        \
             }                                                                                     \
         }                                                                                         \
     }
+
+/* store_SUFFIX writes src[0..w), fill_SUFFIX w copies of v. */
+#define MD_DEFINE_WRITERS(SUFFIX, T, CONVERT)                                                     \
+    MD_DEFINE_WRITER(store_##SUFFIX, T, CONVERT, const double *src, src[k])                       \
+    MD_DEFINE_WRITER(fill_##SUFFIX, T, CONVERT, double v, v)
 
 /* Counts are small non-negative integers; values/variances are floats. */
 #define MD_AS_FLOAT(v) ((float)(v))
 #define MD_AS_DOUBLE(v) (v)
 #define MD_AS_INT(v) ((v) == (v) ? (v) : 0)
 
-MD_DEFINE_STORER(store_f32, float, MD_AS_FLOAT)
-MD_DEFINE_STORER(store_f64, double, MD_AS_DOUBLE)
-MD_DEFINE_STORER(store_u8, uint8_t, (uint8_t)MD_AS_INT)
-MD_DEFINE_STORER(store_i16, int16_t, (int16_t)MD_AS_INT)
-MD_DEFINE_STORER(store_u16, uint16_t, (uint16_t)MD_AS_INT)
-MD_DEFINE_STORER(store_i32, int32_t, (int32_t)MD_AS_INT)
-MD_DEFINE_STORER(store_i64, int64_t, (int64_t)MD_AS_INT)
-
-#define MD_DEFINE_FILLER(NAME, T, CONVERT)                                                        \
-    static void NAME(const md_plane *pl, size_t y, size_t x0, size_t w, double v)                 \
-    {                                                                                             \
-        char *row = (char *)pl->data + (ptrdiff_t)y * pl->row_stride                              \
-                    + (ptrdiff_t)x0 * pl->col_stride;                                             \
-        const T t = CONVERT(v);                                                                   \
-        if (pl->col_stride == (long long)sizeof(T)) {                                             \
-            T *p = (T *)(void *)row;                                                              \
-            for (size_t k = 0; k < w; k++) p[k] = t;                                              \
-        } else {                                                                                  \
-            for (size_t k = 0; k < w; k++) memcpy(row + (ptrdiff_t)k * pl->col_stride, &t, sizeof t); \
-        }                                                                                         \
-    }
-
-MD_DEFINE_FILLER(fill_f32, float, MD_AS_FLOAT)
-MD_DEFINE_FILLER(fill_f64, double, MD_AS_DOUBLE)
-MD_DEFINE_FILLER(fill_u8, uint8_t, (uint8_t)MD_AS_INT)
-MD_DEFINE_FILLER(fill_i16, int16_t, (int16_t)MD_AS_INT)
-MD_DEFINE_FILLER(fill_u16, uint16_t, (uint16_t)MD_AS_INT)
-MD_DEFINE_FILLER(fill_i32, int32_t, (int32_t)MD_AS_INT)
-MD_DEFINE_FILLER(fill_i64, int64_t, (int64_t)MD_AS_INT)
+MD_DEFINE_WRITERS(f32, float, MD_AS_FLOAT)
+MD_DEFINE_WRITERS(f64, double, MD_AS_DOUBLE)
+MD_DEFINE_WRITERS(u8, uint8_t, (uint8_t)MD_AS_INT)
+MD_DEFINE_WRITERS(i16, int16_t, (int16_t)MD_AS_INT)
+MD_DEFINE_WRITERS(u16, uint16_t, (uint16_t)MD_AS_INT)
+MD_DEFINE_WRITERS(i32, int32_t, (int32_t)MD_AS_INT)
+MD_DEFINE_WRITERS(i64, int64_t, (int64_t)MD_AS_INT)
 
 MD_HOT void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, double v)
 {
