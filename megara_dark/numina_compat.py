@@ -427,7 +427,7 @@ def _combine(method, arrays, masks, dtype, out, out_res, out_var, out_pix, zeros
     value, variance, npix = targets
     rejects = method.name not in ("mean", "median", "sum")
     nrejected = np.empty(flat, _native._count_dtype(n)) if rejects else None
-    _core.combine_into(
+    fewest = _core.combine_into(
         frames,
         value,
         variance=variance,
@@ -442,8 +442,9 @@ def _combine(method, arrays, masks, dtype, out, out_res, out_var, out_pix, zeros
         fill=fill,
         **vectors,
         **_core_params(method, n),
+        want_fewest=True,
     )
-    _numina_conventions(method, value, variance, npix, nrejected, fill)
+    _numina_conventions(method, value, variance, npix, nrejected, fill, fewest)
     for plane, target in zip(planes, targets, strict=True):
         if not np.may_share_memory(plane, target):
             np.copyto(plane, target.reshape(plane.shape), casting="unsafe")
@@ -549,14 +550,14 @@ def _core_params(method: CombineMethod, n: int) -> dict:
     return p
 
 
-def _numina_conventions(method, value, variance, npix, nrejected, fill) -> None:
+def _numina_conventions(method, value, variance, npix, nrejected, fill, fewest) -> None:
     """In place: sigmaclip's std, numina's variance 0 for one value, and 0, 0, 0 where
-    the parameters leave no value (fill where there is no good value).  Where every
-    pixel has two values or more (the usual case) one pass over npix finds nothing to do."""
+    the parameters leave no value (fill where there is no good value).  Nothing to do
+    where every pixel has two values or more (fewest, the core's smallest npix)."""
     if method.name == "sigmaclip":
         variance *= npix  # the core gave s2 / npix
         np.sqrt(variance, out=variance)
-    if npix.size == 0 or npix.min() > 1:
+    if fewest > 1:
         return
     if method.name != "sum":
         np.putmask(variance, npix == 1, 0.0)

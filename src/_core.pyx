@@ -9,6 +9,7 @@ the GIL is released around the C call, and C status codes become exceptions.
 cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdlib cimport free, malloc
+from libc.math cimport INFINITY
 from libc.string cimport memset
 
 from time import perf_counter
@@ -68,6 +69,7 @@ cdef extern from "md_combine.h" nogil:
         md_plane variance
         md_plane npix
         md_plane nrejected
+        double *fewest
 
     int md_combine(const md_inputs *inp, const md_params *params, const md_outputs *out,
                    size_t row_begin, size_t row_end, int nthreads, size_t block_rows)
@@ -170,8 +172,10 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
                  int maxiters=10, double sigma_floor=0.0, double gain=1.0, double rdnoise=0.0,
                  int nlow=1, int nhigh=1, double fclip=0.1, double fill=np.nan,
                  int nthreads=0, Py_ssize_t block_rows=16, Py_ssize_t rows_between_checks=0,
-                 progress=None):
-    """Run the core on already validated arguments, writing into the planes.
+                 progress=None, bint want_fewest=False):
+    """Run the core on already validated arguments, writing into the planes;
+    with want_fewest, returns the smallest npix of any pixel (inf when there
+    is no pixel, or without want_fewest).
 
     frames: list of N 2-D arrays of one shape (ny, nx), any supported dtype
     and byte order; bscale/bzero/blank: N numbers (blank: int or None);
@@ -253,7 +257,8 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
         _plane(&out.npix, npix, shape, False)
         _plane(&out.nrejected, nrejected, shape, False)
 
-        _run(&inp, &par, &out, nthreads, block_rows, rows_between_checks, progress)
+        return _run(&inp, &par, &out, nthreads, block_rows, rows_between_checks, progress,
+                    want_fewest)
     finally:
         free(images)
         free(mask_images)
@@ -263,18 +268,21 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
 CHECK_INTERVAL = 0.05
 
 
-cdef int _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
-              Py_ssize_t block_rows, Py_ssize_t rows_between_checks, progress) except -1:
+cdef double _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
+                 Py_ssize_t block_rows, Py_ssize_t rows_between_checks, progress,
+                 bint want_fewest) except? -1:
     """Run the rows in chunks, handling signals (and calling progress(rows
     done, rows in all), when given) between chunks.  Unless
     rows_between_checks is given, a chunk's rows double or halve (down to one
     row per thread) so a chunk takes about CHECK_INTERVAL; when that is less
     than block_rows per thread, blocks shrink so every thread still gets rows
-    (results depend on neither)."""
+    (results depend on neither).  Returns the smallest npix written (with
+    want_fewest; else inf)."""
     cdef size_t y = 0, y_end, ny = inp.ny, step, block
     cdef size_t threads = nthreads if nthreads > 0 else md_default_threads()
     cdef int status = MD_OK
-    cdef double elapsed
+    cdef double elapsed, fewest = INFINITY, chunk_fewest = INFINITY
+    out.fewest = &chunk_fewest if want_fewest else NULL
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
     if nthreads < 0:
@@ -291,6 +299,7 @@ cdef int _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
         if status != MD_OK:
             raise ValueError(md_strerror(status).decode())
         PyErr_CheckSignals()
+        fewest = min(fewest, chunk_fewest)
         y = y_end
         if progress is not None:
             progress(y, ny)
@@ -299,4 +308,4 @@ cdef int _run(md_inputs *inp, md_params *par, md_outputs *out, int nthreads,
             step *= 2
         elif rows_between_checks <= 0 and elapsed > CHECK_INTERVAL and step > threads:
             step = max(threads, step // 2)
-    return 0
+    return fewest

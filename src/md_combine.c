@@ -37,9 +37,12 @@
 
 #include "md_internal.h"
 
-/* tw-long arrays of the rejection scratch: c, s, tmp, outside, lo, hi,
- * active and other (4). */
-#define MD_VCLIP_DOUBLES 11
+/* Arrays of the rejection scratch, in queue capacities: c, s, tmp, lo, hi,
+ * moving, done, low, high, below, above, results (4), qlo, qhi, qy and qx. */
+#define MD_VCLIP_DOUBLES 19
+
+/* Capacity of the rejection queue, in tile widths. */
+#define MD_QUEUE_TILES 8
 
 /* Columns whose sums are accumulated together (in registers). */
 #define MD_STRIP 16
@@ -195,6 +198,7 @@ static int inputs_ok(const md_inputs *in)
 /* ---- per-thread scratch ---------------------------------------------------- */
 
 typedef struct workspace {
+    size_t tw;           /* columns per tile */
     double *tile;        /* nframes x tw values (MD_BAD = bad) */
     double **rows;       /* nframes pointers into tile */
     double *bias;        /* tw bias values */
@@ -208,6 +212,7 @@ typedef struct workspace {
     int have_sums;       /* the tile is clean and swx holds its column sums */
     int skip, backoff;   /* tiles gather_clean skips, and how many after a miss */
     int all_used;        /* npix = nframes and nrejected = 0: npix/nrej not set */
+    double fewest;       /* smallest npix stored by this thread */
 } workspace;
 
 static void workspace_free(workspace *ws)
@@ -224,16 +229,22 @@ static void workspace_free(workspace *ws)
 }
 
 /* Point the rejection scratch into its block of memory. */
-static void vclip_layout(workspace *ws, size_t nframes, size_t tw)
+static void vclip_layout(workspace *ws, size_t nframes, size_t cap)
 {
     md_vclip_scratch *vc = &ws->vc;
-    double **arrays[] = {&vc->c,  &vc->s,      &vc->tmp,   &vc->outside, &vc->lo,
-                         &vc->hi, &vc->active, &vc->other};
-    for (size_t k = 0; k < sizeof arrays / sizeof arrays[0]; k++)
-        *arrays[k] = ws->vc_doubles + k * tw;
-    double *dev = ws->vc_doubles + MD_VCLIP_DOUBLES * tw;
-    for (size_t i = 0; i < nframes; i++) vc->dev_rows[i] = dev + i * tw;
-    vc->pv = ws->pv;
+    double **arrays[] = {&vc->c,    &vc->s,     &vc->tmp,   &vc->lo,      &vc->hi,
+                         &vc->moving, &vc->done, &vc->low, &vc->high,  &vc->below,
+                         &vc->above, &vc->results, &vc->qlo, &vc->qhi, &vc->qy, &vc->qx};
+    const size_t lengths[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1};
+    double *next = ws->vc_doubles;
+    for (size_t k = 0; k < sizeof arrays / sizeof arrays[0]; k++) {
+        *arrays[k] = next;
+        next += lengths[k] * cap;
+    }
+    for (size_t i = 0; i < nframes; i++) vc->dev_rows[i] = next + i * cap;
+    vc->queue = next + nframes * cap;
+    vc->capacity = cap;
+    vc->queued = 0;
 }
 
 /* n zeroed doubles on a cache-line boundary (vector loads and stores of a
@@ -245,10 +256,13 @@ static double *alloc_doubles(size_t n)
     return memset(p, 0, n * sizeof(double));
 }
 
-/* tw is a multiple of MD_STRIP; memory is zeroed so padding is defined. */
-static int workspace_alloc(workspace *ws, size_t nframes, size_t tw)
+/* tw is a multiple of MD_STRIP; memory is zeroed so padding is defined.
+ * cap: columns of the rejection scratch (md_vclip.c), 0 when it is not used. */
+static int workspace_alloc(workspace *ws, size_t nframes, size_t tw, size_t cap)
 {
     memset(ws, 0, sizeof *ws);
+    ws->tw = tw;
+    ws->fewest = ws->vc.fewest = INFINITY;
     double **planes[] = {&ws->bias, &ws->nbad, &ws->ngood, &ws->sw, &ws->sww, &ws->swx,
                          &ws->mean, &ws->ss, &ws->value, &ws->variance, &ws->npix, &ws->nrej};
     const size_t nplanes = sizeof planes / sizeof planes[0];
@@ -258,14 +272,16 @@ static int workspace_alloc(workspace *ws, size_t nframes, size_t tw)
     ws->bias = alloc_doubles(nplanes * tw); /* one block for the tw-long arrays */
     ws->pv = malloc(nframes * sizeof(double));
     ws->pw = malloc(nframes * sizeof(double));
-    ws->vc_doubles = alloc_doubles((MD_VCLIP_DOUBLES + nframes) * tw);
-    ws->vc.dev_rows = malloc(nframes * sizeof(double *));
+    if (cap) {
+        ws->vc_doubles = alloc_doubles((MD_VCLIP_DOUBLES + 2 * nframes) * cap);
+        ws->vc.dev_rows = malloc(nframes * sizeof(double *));
+    }
     if (!ws->tile || !ws->rows || !ws->mask || !ws->bias || !ws->pv || !ws->pw
-        || !ws->vc_doubles || !ws->vc.dev_rows) {
+        || (cap && (!ws->vc_doubles || !ws->vc.dev_rows))) {
         workspace_free(ws);
         return MD_ERR_NOMEM;
     }
-    vclip_layout(ws, nframes, tw);
+    if (cap) vclip_layout(ws, nframes, cap);
     for (size_t k = 1; k < nplanes; k++) *planes[k] = ws->bias + k * tw;
     for (size_t i = 0; i < nframes; i++) ws->rows[i] = ws->tile + i * tw;
     return MD_OK;
@@ -566,17 +582,18 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
 }
 
 MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const md_network *net,
-                                  workspace *ws, size_t w)
+                                  const md_outputs *out, workspace *ws, size_t y, size_t x0,
+                                  size_t w)
 {
     const int weighted = in->weights != NULL;
     const md_kernels *kernels = kernels_for(in->nframes);
-    if (net && kernels) kernels->sort(ws->rows, w);
-    else if (net) md_network_apply(net, ws->rows, w);
-    if (net && tile_is_clean(ws, w)) { /* sorted, no bad value: across the columns */
-        md_vclip_tile(p, &ws->vc, ws->rows, in->nframes, w, ws->value, ws->variance, ws->npix,
-                      ws->nrej);
+    if (net && tile_is_clean(ws, w)) { /* no bad value: sorted and reduced across the columns */
+        md_vclip_tile(p, &ws->vc, out, ws->rows, ws->tw, in->nframes, w, y, x0, ws->value,
+                      ws->variance, ws->npix, ws->nrej);
         return;
     }
+    if (net && kernels) kernels->sort(ws->rows, w);
+    else if (net) md_network_apply(net, ws->rows, w);
     for (size_t x = 0; x < w; x++) {
         int n;
         if (net) { /* sorted, good values first */
@@ -594,18 +611,26 @@ MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const
     }
 }
 
-static void store_tile(const md_outputs *out, const workspace *ws, size_t nframes, size_t y,
-                       size_t x0, size_t w)
+/* Store the tile's results; returns the smallest npix stored. */
+static double store_tile(const md_outputs *out, const workspace *ws, size_t nframes, size_t y,
+                         size_t x0, size_t w)
 {
     md_store_row(&out->value, y, x0, w, ws->value);
     if (out->variance.data) md_store_row(&out->variance, y, x0, w, ws->variance);
     if (ws->all_used) {
         if (out->npix.data) md_fill_row(&out->npix, y, x0, w, (double)nframes);
         if (out->nrejected.data) md_fill_row(&out->nrejected, y, x0, w, 0.0);
-        return;
+        return (double)nframes;
     }
     if (out->npix.data) md_store_row(&out->npix, y, x0, w, ws->npix);
     if (out->nrejected.data) md_store_row(&out->nrejected, y, x0, w, ws->nrej);
+    if (!out->fewest) return (double)nframes;
+    long long fewest = (long long)nframes; /* counts as integers: a vector min */
+    for (size_t x = 0; x < w; x++) {
+        const long long used = (long long)ws->npix[x];
+        fewest = used < fewest ? used : fewest;
+    }
+    return (double)fewest;
 }
 
 static void combine_rows(const md_inputs *in, const md_params *p, const md_outputs *out,
@@ -634,11 +659,13 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
             case MD_MEAN:
             case MD_SUM: tile_mean_or_sum(in, p, ws, w, want_var); break;
             case MD_MEDIAN: tile_median(in, p, net, ws, w, want_var); break;
-            default: tile_rejection(in, p, net, ws, w); break;
+            default: tile_rejection(in, p, net, out, ws, y, x0, w); break;
             }
-            store_tile(out, ws, in->nframes, y, x0, w);
+            const double fewest = store_tile(out, ws, in->nframes, y, x0, w);
+            ws->fewest = fewest < ws->fewest ? fewest : ws->fewest;
         }
     }
+    if (ws->vc.queued) md_vclip_flush(p, &ws->vc, in->nframes, out);
 }
 
 /* ---- entry point ---------------------------------------------------------- */
@@ -652,6 +679,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
         return MD_ERR_ARG;
     if (row_begin > row_end || row_end > in->ny || block_rows < 1 || nthreads < 0)
         return MD_ERR_ARG;
+    if (out->fewest) *out->fewest = INFINITY;
     if (row_begin == row_end || in->nx == 0) return MD_OK;
 
     /* A network sorts the tile's columns when the frames are few enough and
@@ -675,6 +703,12 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     }
 
     const size_t tw = tile_width(in->nframes);
+    /* The rejection methods reduce clean tiles across their columns
+     * (md_vclip.c); sigclip and ccdclip queue columns for more passes. */
+    const int iterates = p->method == MD_SIGCLIP || p->method == MD_CCDCLIP;
+    const size_t vclip_cap = !use_net || p->method == MD_MEDIAN ? 0
+                             : iterates                       ? MD_QUEUE_TILES * tw
+                                                              : tw;
     const size_t nblocks = (row_end - row_begin + block_rows - 1) / block_rows;
     int status = MD_OK;
 
@@ -687,7 +721,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
 #endif
     {
         workspace ws;
-        const int ws_status = workspace_alloc(&ws, in->nframes, tw);
+        const int ws_status = workspace_alloc(&ws, in->nframes, tw, vclip_cap);
         ws.vc.kernels = kernels_for(in->nframes);
         ws.vc.sort = use_net ? &net : NULL;
         if (ws_status != MD_OK) {
@@ -710,6 +744,13 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
             const size_t y0 = row_begin + b * block_rows;
             const size_t y1 = y0 + block_rows < row_end ? y0 + block_rows : row_end;
             combine_rows(in, p, out, use_net ? &net : NULL, &ws, tw, y0, y1, try_clean);
+        }
+        const double fewest = ws.fewest < ws.vc.fewest ? ws.fewest : ws.vc.fewest;
+        if (out->fewest) {
+#ifdef _OPENMP
+#pragma omp critical(md_fewest)
+#endif
+            *out->fewest = fewest < *out->fewest ? fewest : *out->fewest;
         }
         workspace_free(&ws);
     }

@@ -129,6 +129,7 @@ typedef struct md_outputs {
     md_plane variance;  /* variance of the combined value (see md_params) */
     md_plane npix;      /* number of values used in the combination */
     md_plane nrejected; /* good values removed by the rejection step */
+    double *fewest;     /* NULL, or set to the smallest npix of the rows combined */
 } md_outputs;
 
 /*

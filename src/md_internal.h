@@ -53,6 +53,11 @@ void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned ch
 /* Store src[0..w) into row y, columns x0.., of an output plane. */
 void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src);
 
+/* For k < count and j = index[k]: store src[j] into pixel (ys[j], xs[j]) of
+ * an output plane. */
+void md_scatter(const md_plane *pl, const double *ys, const double *xs, const double *src,
+                const double *index, size_t count);
+
 /* Store the value v into row y, columns x0..x0 + w, of an output plane (as
  * md_store_row would store w copies of it). */
 void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, double v);
@@ -97,32 +102,57 @@ void md_sort(double *v, double *wt, size_t n);
  */
 #define MD_KERNEL_MAX_FRAMES 24
 
+/* Arguments of a first clipping pass (md_kclip_*): the clip limits and the
+ * spread's floor (md_params), and per column the run left by the pass and
+ * whether it moved (1.0) or stopped (0.0). */
+typedef struct md_clip_args {
+    double low, high, floor;
+    double *lo, *hi, *moving;
+} md_clip_args;
+
 typedef struct md_kernels {
     void (*median)(double *const *rows, size_t w, double *value);
     void (*sort)(double *const *rows, size_t w);
+    /* Sort, then the first pass of sigclip with centre median and spread
+     * MAD (clip_mad) or centre mean and spread std (clip_std); NULL below
+     * 3 frames. */
+    void (*clip_mad)(double *const *rows, size_t w, const md_clip_args *a);
+    void (*clip_std)(double *const *rows, size_t w, const md_clip_args *a);
 } md_kernels;
 
 extern const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1];
 
 /* ---- md_vclip.c: rejection methods across a tile's columns ---------------- */
 
-/* Scratch of md_vclip_tile, for tiles of up to tw columns and n rows. */
+/* Scratch of md_vclip_tile and md_vclip_flush, for tiles of n rows and up to
+ * `capacity` columns, and a queue of as many columns. */
 typedef struct md_vclip_scratch {
     const md_kernels *kernels; /* kernels for n frames, or NULL ... */
     const md_network *sort;    /* ... then this full sorting network */
-    double **dev_rows;         /* n rows of tw deviations from the centre */
-    double *c, *s, *tmp, *outside, *lo, *hi, *active; /* tw each */
-    double *other;             /* 4 x tw */
-    double *pv;                /* n values of one pixel */
+    size_t capacity;           /* columns of the arrays below; stride of dev and queue */
+    double **dev_rows;         /* n rows of deviations from the centres */
+    double *c, *s, *tmp, *lo, *hi, *moving, *done; /* capacity each */
+    double *low, *high, *below, *above;            /* capacity each */
+    double *results;                               /* 4 x capacity */
+    double *queue;             /* n rows of the queued columns ... */
+    double *qlo, *qhi, *qy, *qx; /* ... their runs and output positions */
+    size_t queued;             /* columns in the queue */
+    double fewest;             /* smallest npix stored by md_vclip_flush */
 } md_vclip_scratch;
 
 /*
  * MD_SIGCLIP (unweighted), MD_CCDCLIP, MD_MINMAX or MD_QUANTILECLIP for a tile
- * of n rows sorted column by column and holding no bad value: the results
- * md_reduce_sorted gives each column, bit for bit.
+ * of n rows of w columns (rows[i] = rows[0] + i * stride, the pixels y, x0 ..
+ * x0 + w - 1) holding no bad value, sorted here column by column: the results
+ * md_reduce_sorted gives each column, bit for bit, into value .. nrej.
+ * Except for the columns that sigclip or ccdclip queue for more passes:
+ * md_vclip_flush stores their results into `out`.  It runs when the queue
+ * is full, and must run once a block of rows is done.
  */
-void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *const *rows, size_t n,
-                   size_t w, double *value, double *variance, double *npix, double *nrej);
+void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_outputs *out,
+                   double *const *rows, size_t stride, size_t n, size_t w, size_t y, size_t x0,
+                   double *value, double *variance, double *npix, double *nrej);
+void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t n, const md_outputs *out);
 
 /* ---- md_reduce.c: rejection methods on one pixel ---------------------- */
 
@@ -141,12 +171,5 @@ double md_sorted_median(const double *v, int n);
  * NULL): value = weighted mean of the survivors, variance as md_params says.
  */
 md_pixel md_reduce_sorted(const md_params *p, const double *v, const double *wt, int n);
-
-/*
- * MD_SIGCLIP or MD_CCDCLIP (equal weights) on sorted v[0..n) continued from
- * the run [lo, hi) left by `done` clipping passes: what md_reduce_sorted
- * gives when its first `done` passes left that run.
- */
-md_pixel md_clip_sorted_from(const md_params *p, const double *v, int n, int lo, int hi, int done);
 
 #endif /* MD_INTERNAL_H */

@@ -339,10 +339,27 @@ void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned ch
         }                                                                                         \
     }
 
-/* store_SUFFIX writes src[0..w), fill_SUFFIX w copies of v. */
+/* scatter_SUFFIX(pl, ys, xs, src, index, count): for k < count and
+ * j = index[k], pixel (ys[j], xs[j]) of a plane of T set to CONVERT(src[j]). */
+#define MD_DEFINE_SCATTER(NAME, T, CONVERT)                                                       \
+    static void NAME(const md_plane *pl, const double *ys, const double *xs, const double *src,  \
+                     const double *index, size_t count)                                          \
+    {                                                                                             \
+        for (size_t k = 0; k < count; k++) {                                                      \
+            const size_t j = (size_t)index[k];                                                    \
+            const T t = CONVERT(src[j]);                                                          \
+            memcpy((char *)pl->data + (ptrdiff_t)ys[j] * pl->row_stride                           \
+                       + (ptrdiff_t)xs[j] * pl->col_stride,                                       \
+                   &t, sizeof t);                                                                 \
+        }                                                                                         \
+    }
+
+/* store_SUFFIX writes src[0..w), fill_SUFFIX w copies of v, scatter_SUFFIX
+ * single pixels. */
 #define MD_DEFINE_WRITERS(SUFFIX, T, CONVERT)                                                     \
     MD_DEFINE_WRITER(store_##SUFFIX, T, CONVERT, const double *src, src[k])                       \
-    MD_DEFINE_WRITER(fill_##SUFFIX, T, CONVERT, double v, v)
+    MD_DEFINE_WRITER(fill_##SUFFIX, T, CONVERT, double v, v)                                      \
+    MD_DEFINE_SCATTER(scatter_##SUFFIX, T, CONVERT)
 
 /* Counts are small non-negative integers; values/variances are floats. */
 #define MD_AS_FLOAT(v) ((float)(v))
@@ -357,30 +374,32 @@ MD_DEFINE_WRITERS(u16, uint16_t, (uint16_t)MD_AS_INT)
 MD_DEFINE_WRITERS(i32, int32_t, (int32_t)MD_AS_INT)
 MD_DEFINE_WRITERS(i64, int64_t, (int64_t)MD_AS_INT)
 
+/* Call the writer KIND_SUFFIX for a plane's dtype (others are rejected by
+ * md_combine's argument checks). */
+#define MD_WRITE(KIND, DTYPE, ARGS)                                                               \
+    switch (DTYPE) {                                                                              \
+    case MD_FLOAT32: KIND##_f32 ARGS; break;                                                      \
+    case MD_FLOAT64: KIND##_f64 ARGS; break;                                                      \
+    case MD_UINT8: KIND##_u8 ARGS; break;                                                         \
+    case MD_INT16: KIND##_i16 ARGS; break;                                                        \
+    case MD_UINT16: KIND##_u16 ARGS; break;                                                       \
+    case MD_INT32: KIND##_i32 ARGS; break;                                                        \
+    case MD_INT64: KIND##_i64 ARGS; break;                                                        \
+    default: break;                                                                               \
+    }
+
 MD_HOT void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, double v)
 {
-    switch (pl->dtype) {
-    case MD_FLOAT32: fill_f32(pl, y, x0, w, v); break;
-    case MD_FLOAT64: fill_f64(pl, y, x0, w, v); break;
-    case MD_UINT8: fill_u8(pl, y, x0, w, v); break;
-    case MD_INT16: fill_i16(pl, y, x0, w, v); break;
-    case MD_UINT16: fill_u16(pl, y, x0, w, v); break;
-    case MD_INT32: fill_i32(pl, y, x0, w, v); break;
-    case MD_INT64: fill_i64(pl, y, x0, w, v); break;
-    default: break; /* rejected by md_combine's argument checks */
-    }
+    MD_WRITE(fill, pl->dtype, (pl, y, x0, w, v))
 }
 
 MD_HOT void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src)
 {
-    switch (pl->dtype) {
-    case MD_FLOAT32: store_f32(pl, y, x0, w, src); break;
-    case MD_FLOAT64: store_f64(pl, y, x0, w, src); break;
-    case MD_UINT8: store_u8(pl, y, x0, w, src); break;
-    case MD_INT16: store_i16(pl, y, x0, w, src); break;
-    case MD_UINT16: store_u16(pl, y, x0, w, src); break;
-    case MD_INT32: store_i32(pl, y, x0, w, src); break;
-    case MD_INT64: store_i64(pl, y, x0, w, src); break;
-    default: break; /* rejected by md_combine's argument checks */
-    }
+    MD_WRITE(store, pl->dtype, (pl, y, x0, w, src))
+}
+
+void md_scatter(const md_plane *pl, const double *ys, const double *xs, const double *src,
+                const double *index, size_t count)
+{
+    MD_WRITE(scatter, pl->dtype, (pl, ys, xs, src, index, count))
 }

@@ -1,14 +1,28 @@
 /*
- * md_vclip.c -- the rejection methods across the columns of a sorted, clean tile.
+ * md_vclip.c -- the rejection methods across the columns of sorted, clean tiles.
  *
  * Every rejection rule keeps an interval of values, so the survivors of a
- * sorted column are a run of rows [lo, hi).  For sigclip and ccdclip the
- * first clipping pass runs across the columns (centre, spread and bounds of
- * whole columns); columns it leaves whole stop there with the mean of all
- * their values, the others continue pixel by pixel from the run it left
- * (md_clip_sorted_from).  minmax and quantileclip keep the same run in every
- * column.  The arithmetic repeats md_reduce.c's operation for operation, so a
- * pixel gets the same bits whichever path computes it.
+ * sorted column are a run of rows [lo, hi).  minmax and quantileclip keep the
+ * same run in every column.  sigclip and ccdclip run their first pass across
+ * all the columns of a tile (for sigclip's median/MAD and mean/std and up to
+ * MD_KERNEL_MAX_FRAMES frames, md_kernels.c's md_kclip_* sort the tile and run
+ * it with each column in registers), whose results are stored with the tile;
+ * the columns that pass moved are copied to a queue that collects them from tile
+ * after tile.  When it is full, and at the end of a block of rows, the queue
+ * is flushed: the next passes run across the queued columns, those that stop
+ * are stored (their results replacing the tile's) and leave the queue.  A
+ * pass over a few hundred queued columns costs little more than their
+ * arithmetic, where a pass over the few columns of one tile that still move
+ * would mostly cost its loops' overhead.
+ *
+ * The arithmetic repeats md_reduce.c's operation for operation, so a pixel
+ * gets the same bits whichever path computes it, in whichever batch.
+ *
+ * Rows of w columns are read from v[i * stride + x] (the tile, or the
+ * queue).  Runs, flags and counts are held in doubles, so every loop runs on
+ * one type of vector lane.  With `uniform`, every column has the run
+ * [lo[0], hi[0]) and loops do not read lo and hi per column; the functions
+ * that take it are inlined into callers that pass a constant.
  */
 #include <math.h>
 
@@ -16,71 +30,177 @@
 
 #define MD_MAD_TO_SIGMA 1.482602218505602 /* as md_reduce.c */
 
-/*
- * md_reduce.c's mean_of_run for the same run [lo, hi) of every column (equal
- * weights): value, variance, npix and nrejected.  Runs shorter than two take
- * their variance from all n values, as there.
- */
-MD_HOT static void mean_of_run(const md_params *p, double *const *rows, int n, int lo, int hi,
-                               size_t w, md_vclip_scratch *sc, double *value, double *variance,
-                               double *npix, double *nrej)
+#define MD_INLINE static inline __attribute__((always_inline))
+
+/* Start and end of the run of column x (a0, b0: those of column 0). */
+MD_INLINE double run_lo(const double *lo, double a0, size_t x, int uniform)
 {
-    const int used = hi - lo;
-    const double k = p->var_factor[n], count = used, nd = n;
-    double *restrict mean = sc->c, *restrict ss = sc->s;
-    for (size_t x = 0; x < w; x++) mean[x] = ss[x] = 0.0;
-    for (int i = lo; i < hi; i++) {
-        const double *restrict r = rows[i];
-        for (size_t x = 0; x < w; x++) mean[x] += r[x];
+    return uniform ? a0 : lo[x];
+}
+
+MD_INLINE double run_hi(const double *hi, double b0, size_t x, int uniform)
+{
+    return uniform ? b0 : hi[x];
+}
+
+/* Whether row lies in the run of column x.  Loops over rows with uniform
+ * runs visit only the rows of the run, [lo[0], hi[0]), so it needs no test. */
+MD_INLINE int in_run(double row, const double *lo, const double *hi, size_t x, int uniform)
+{
+    return uniform || ((row >= lo[x]) & (row < hi[x]));
+}
+
+/* Means of the runs: (sum of rows lo[x] .. hi[x] - 1, in order) / (hi[x] - lo[x]). */
+MD_INLINE void run_means(const double *v, size_t stride, int n, size_t w,
+                         const double *restrict lo, const double *restrict hi, int uniform,
+                         double *restrict mean)
+{
+    const double a0 = lo[0], b0 = hi[0];
+    const int first = uniform ? (int)a0 : 0, last = uniform ? (int)b0 : n;
+    for (size_t x = 0; x < w; x++) mean[x] = 0.0;
+    for (int i = first; i < last; i++) {
+        const double *restrict r = v + (size_t)i * stride;
+        const double row = i;
+        for (size_t x = 0; x < w; x++)
+            mean[x] = in_run(row, lo, hi, x, uniform) ? mean[x] + r[x] : mean[x];
     }
-    for (size_t x = 0; x < w; x++) mean[x] = mean[x] / count;
-    const int from_all = used < 2;
-    const int a = from_all ? 0 : lo, b = from_all ? n : hi;
-    double *restrict centre = mean;
-    if (from_all) { /* the variance comes from all n values, about their own mean */
-        centre = sc->tmp;
-        for (size_t x = 0; x < w; x++) centre[x] = 0.0;
-        for (int i = 0; i < n; i++) {
-            const double *restrict r = rows[i];
-            for (size_t x = 0; x < w; x++) centre[x] += r[x];
-        }
-        for (size_t x = 0; x < w; x++) centre[x] = centre[x] / nd;
-    }
-    for (int i = a; i < b; i++) {
-        const double *restrict r = rows[i];
-        for (size_t x = 0; x < w; x++) {
-            const double d = r[x] - centre[x];
-            ss[x] += d * d;
-        }
-    }
-    const double m = b - a;
+    for (size_t x = 0; x < w; x++)
+        mean[x] = mean[x] / (run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform));
+}
+
+/*
+ * md_reduce.c's mean_of_run, last step: from the means and the sums of
+ * squared deviations ss of the runs [lo[x], hi[x]) (of all n values for runs
+ * shorter than two), the value, variance, npix and nrejected of every column.
+ */
+MD_INLINE void finish_runs(const md_params *p, int n, size_t w, const double *restrict lo,
+                           const double *restrict hi, int uniform, const double *restrict mean,
+                           const double *restrict ss, double *restrict value,
+                           double *restrict variance, double *restrict npix,
+                           double *restrict nrej)
+{
+    const double k = p->var_factor[n], nd = n, a0 = lo[0], b0 = hi[0];
     for (size_t x = 0; x < w; x++) {
+        const double used = run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform);
+        const double m = used < 2.0 ? nd : used;
         const double s2 = m >= 2 ? ss[x] / (m - m / m) : NAN;
         value[x] = used > 0 ? mean[x] : p->fill;
-        variance[x] = used > 0 ? k * s2 * count / (count * count) : NAN;
+        variance[x] = used > 0 ? k * s2 * used / (used * used) : NAN;
         npix[x] = used;
         nrej[x] = n - used;
     }
 }
 
-/* Centre (into sc->c) and spread (into sc->s) of all n values of every
- * column, as md_reduce.c's centre_and_spread on a whole sorted column. */
-MD_HOT static void centre_and_spread(const md_params *p, double *const *rows, int n, size_t w,
-                                     md_vclip_scratch *sc)
+/*
+ * md_reduce.c's mean_of_run for the run [lo[x], hi[x]) of every column x
+ * (equal weights): value, variance, npix and nrejected.  Runs shorter than
+ * two take their variance from all n values, as there.
+ */
+MD_INLINE void mean_of_runs(const md_params *p, const double *v, size_t stride, int n, size_t w,
+                            const double *restrict lo, const double *restrict hi, int uniform,
+                            md_vclip_scratch *sc, double *restrict value,
+                            double *restrict variance, double *restrict npix,
+                            double *restrict nrej)
 {
-    double *restrict c = sc->c, *restrict s = sc->s, *restrict mean = sc->tmp;
-    for (size_t x = 0; x < w; x++) mean[x] = 0.0;
-    for (int i = 0; i < n; i++) {
-        const double *restrict r = rows[i];
-        for (size_t x = 0; x < w; x++) mean[x] += r[x];
+    const double nd = n, a0 = lo[0], b0 = hi[0];
+    double *restrict mean = sc->c, *restrict ss = sc->s;
+    run_means(v, stride, n, w, lo, hi, uniform, mean);
+    int short_runs = 0;
+    for (size_t x = 0; x < w; x++)
+        short_runs |= run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform) < 2.0;
+    const double *restrict whole = mean;
+    if (short_runs) { /* their variance comes from all n values, about their own mean */
+        double *restrict all = sc->tmp;
+        for (size_t x = 0; x < w; x++) all[x] = 0.0;
+        for (int i = 0; i < n; i++) {
+            const double *restrict r = v + (size_t)i * stride;
+            for (size_t x = 0; x < w; x++) all[x] += r[x];
+        }
+        for (size_t x = 0; x < w; x++) all[x] = all[x] / nd;
+        whole = all;
     }
-    for (size_t x = 0; x < w; x++) mean[x] = mean[x] / n;
+    /* The rows of the variance: with uniform runs, the run's or all. */
+    const int first = uniform && !short_runs ? (int)a0 : 0;
+    const int last = uniform && !short_runs ? (int)b0 : n;
+    for (size_t x = 0; x < w; x++) ss[x] = 0.0;
+    for (int i = first; i < last; i++) {
+        const double *restrict r = v + (size_t)i * stride;
+        const double row = i;
+        for (size_t x = 0; x < w; x++) {
+            const int from_all = run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform) < 2.0;
+            const double d = r[x] - (from_all ? whole[x] : mean[x]);
+            ss[x] = from_all | in_run(row, lo, hi, x, uniform) ? ss[x] + d * d : ss[x];
+        }
+    }
+    finish_runs(p, n, w, lo, hi, uniform, mean, ss, value, variance, npix, nrej);
+}
+
+/* Centres of the runs into sc->c: their medians, or their means. */
+MD_INLINE void run_centres(const md_params *p, const double *v, size_t stride, int n, size_t w,
+                           const double *restrict lo, const double *restrict hi, int uniform,
+                           md_vclip_scratch *sc)
+{
+    double *restrict c = sc->c;
     if (p->centre == MD_CENTRE_MEAN) {
-        for (size_t x = 0; x < w; x++) c[x] = mean[x];
-    } else {
-        const double *restrict lo = rows[(n - 1) / 2], *restrict hi = rows[n / 2];
-        for (size_t x = 0; x < w; x++) c[x] = n % 2 ? hi[x] : (lo[x] + hi[x]) / 2.0;
+        run_means(v, stride, n, w, lo, hi, uniform, c);
+        return;
     }
+    const double a0 = lo[0], b0 = hi[0];
+    for (size_t x = 0; x < w; x++) {
+        const int a = (int)run_lo(lo, a0, x, uniform);
+        const int m = (int)run_hi(hi, b0, x, uniform) - a;
+        const double upper = v[(size_t)(a + m / 2) * stride + x];
+        const double lower = v[(size_t)(a + (m - 1) / 2) * stride + x];
+        c[x] = m % 2 ? upper : (lower + upper) / 2.0;
+    }
+}
+
+/*
+ * Median absolute deviations of the runs from the centres sc->c, into
+ * sc->s: the deviations of each run, the rows outside it +inf, sorted down
+ * the columns; the middle of the run's count.  When every run is [0, n),
+ * the median alone.
+ */
+MD_INLINE void run_mads(const double *v, size_t stride, int n, size_t w,
+                        const double *restrict lo, const double *restrict hi, int uniform,
+                        md_vclip_scratch *sc)
+{
+    const double a0 = lo[0], b0 = hi[0];
+    const double *restrict c = sc->c;
+    double *restrict s = sc->s;
+    for (int i = 0; i < n; i++) {
+        const double *restrict r = v + (size_t)i * stride;
+        double *restrict dv = sc->dev_rows[i];
+        const double row = i;
+        for (size_t x = 0; x < w; x++) {
+            const int in = (row >= run_lo(lo, a0, x, uniform)) & (row < run_hi(hi, b0, x, uniform));
+            dv[x] = in ? fabs(r[x] - c[x]) : INFINITY;
+        }
+    }
+    if (uniform && a0 == 0.0 && b0 == n && sc->kernels) {
+        sc->kernels->median(sc->dev_rows, w, s);
+        return;
+    }
+    if (sc->kernels) sc->kernels->sort(sc->dev_rows, w);
+    else md_network_apply(sc->sort, sc->dev_rows, w);
+    const double *restrict dev = sc->dev_rows[0];
+    const size_t dstride = sc->capacity;
+    for (size_t x = 0; x < w; x++) {
+        const int m = (int)(run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform));
+        const double upper = dev[(size_t)(m / 2) * dstride + x];
+        const double lower = dev[(size_t)((m - 1) / 2) * dstride + x];
+        s[x] = m % 2 ? upper : (lower + upper) / 2.0;
+    }
+}
+
+/* Spreads of the runs about the centres sc->c, into sc->s (at least the floor). */
+MD_INLINE void run_spreads(const md_params *p, const double *v, size_t stride, int n, size_t w,
+                           const double *restrict lo, const double *restrict hi, int uniform,
+                           md_vclip_scratch *sc)
+{
+    const double a0 = lo[0], b0 = hi[0];
+    const double *restrict c = sc->c;
+    double *restrict s = sc->s;
     if (p->method == MD_CCDCLIP) {
         const double rdnoise = p->rdnoise, gain = p->gain;
         for (size_t x = 0; x < w; x++) {
@@ -88,81 +208,157 @@ MD_HOT static void centre_and_spread(const md_params *p, double *const *rows, in
             s[x] = sqrt(rdnoise * rdnoise + gain * signal) / gain;
         }
     } else if (p->spread == MD_SPREAD_STD) {
+        const double *restrict mean = c;
+        if (p->centre != MD_CENTRE_MEAN) {
+            run_means(v, stride, n, w, lo, hi, uniform, sc->tmp);
+            mean = sc->tmp;
+        }
+        const int first = uniform ? (int)a0 : 0, last = uniform ? (int)b0 : n;
         for (size_t x = 0; x < w; x++) s[x] = 0.0;
-        for (int i = 0; i < n; i++) {
-            const double *restrict r = rows[i];
+        for (int i = first; i < last; i++) {
+            const double *restrict r = v + (size_t)i * stride;
+            const double row = i;
             for (size_t x = 0; x < w; x++) {
                 const double d = r[x] - mean[x];
-                s[x] += d * d;
+                s[x] = in_run(row, lo, hi, x, uniform) ? s[x] + d * d : s[x];
             }
         }
-        for (size_t x = 0; x < w; x++) s[x] = n >= 2 ? sqrt(s[x] / (n - 1)) : 0.0;
-    } else { /* MAD: the median of the deviations, by network or kernel */
-        for (int i = 0; i < n; i++) {
-            const double *restrict r = rows[i];
-            double *restrict dv = sc->dev_rows[i];
-            for (size_t x = 0; x < w; x++) dv[x] = fabs(r[x] - c[x]);
+        for (size_t x = 0; x < w; x++) {
+            const double m = run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform);
+            s[x] = m >= 2 ? sqrt(s[x] / (m - 1)) : 0.0;
         }
-        if (sc->kernels) {
-            sc->kernels->median(sc->dev_rows, w, s);
-        } else {
-            md_network_apply(sc->sort, sc->dev_rows, w);
-            const double *restrict lo = sc->dev_rows[(n - 1) / 2], *restrict hi = sc->dev_rows[n / 2];
-            for (size_t x = 0; x < w; x++) s[x] = n % 2 ? hi[x] : (lo[x] + hi[x]) / 2.0;
-        }
+    } else {
+        run_mads(v, stride, n, w, lo, hi, uniform, sc);
         for (size_t x = 0; x < w; x++) s[x] = MD_MAD_TO_SIGMA * s[x];
     }
     const double floor_ = p->sigma_floor;
     for (size_t x = 0; x < w; x++) s[x] = s[x] < floor_ ? floor_ : s[x];
 }
 
-/* The first clipping pass on whole columns: the run [lo, hi) left by it and
- * whether the column moved (active); a pass that would reject everything
- * leaves the whole column, as md_reduce.c. */
-MD_HOT static void first_pass(const md_params *p, double *const *rows, int n, size_t w,
-                              md_vclip_scratch *sc)
+/*
+ * One clipping pass, as md_reduce.c's, on the runs [lo, hi) of w columns: a
+ * column whose pass rejects nothing, or would reject everything, keeps its
+ * run and stops (moving[x] = 0); the others take their new runs
+ * (moving[x] = 1).  Returns how many columns still move.
+ */
+MD_INLINE size_t clip_pass(const md_params *p, const double *v, size_t stride, int n, size_t w,
+                           double *restrict lo, double *restrict hi, int uniform,
+                           double *restrict moving, md_vclip_scratch *sc)
 {
-    centre_and_spread(p, rows, n, w, sc);
-    const double k_low = p->low, k_high = p->high;
+    run_centres(p, v, stride, n, w, lo, hi, uniform, sc);
+    run_spreads(p, v, stride, n, w, lo, hi, uniform, sc);
+    const double a0 = lo[0], b0 = hi[0], k_low = p->low, k_high = p->high;
     const double *restrict c = sc->c, *restrict s = sc->s;
-    double *restrict lo = sc->lo, *restrict hi = sc->hi, *restrict active = sc->active;
-    for (size_t x = 0; x < w; x++) lo[x] = hi[x] = 0.0;
-    for (int i = 0; i < n; i++) {
-        const double *restrict r = rows[i];
+    double *restrict low = sc->low, *restrict high = sc->high;
+    double *restrict below = sc->below, *restrict above = sc->above;
+    for (size_t x = 0; x < w; x++) low[x] = c[x] - k_low * s[x];
+    for (size_t x = 0; x < w; x++) high[x] = c[x] + k_high * s[x];
+    for (size_t x = 0; x < w; x++) below[x] = above[x] = 0.0;
+    const int first = uniform ? (int)a0 : 0, last = uniform ? (int)b0 : n;
+    for (int i = first; i < last; i++) {
+        const double *restrict r = v + (size_t)i * stride;
+        const double row = i;
         for (size_t x = 0; x < w; x++) {
-            lo[x] += r[x] < c[x] - k_low * s[x] ? 1.0 : 0.0;
-            hi[x] += r[x] > c[x] + k_high * s[x] ? 1.0 : 0.0; /* counted above */
+            const int in = in_run(row, lo, hi, x, uniform);
+            below[x] += in & (r[x] < low[x]) ? 1.0 : 0.0;
+            above[x] += in & (r[x] > high[x]) ? 1.0 : 0.0;
         }
     }
+    size_t count = 0;
     for (size_t x = 0; x < w; x++) {
-        const double b = n - hi[x] > lo[x] ? n - hi[x] : lo[x];
-        const int move = !(lo[x] == 0.0 && b == n) && lo[x] != b;
-        active[x] = move ? 1.0 : 0.0;
-        lo[x] = move ? lo[x] : 0.0;
-        hi[x] = move ? b : n;
+        const double a = run_lo(lo, a0, x, uniform), b = run_hi(hi, b0, x, uniform);
+        const double na = a + below[x], nb = b - above[x] > na ? b - above[x] : na;
+        const int still = !(((na == a) & (nb == b)) | (na == nb));
+        lo[x] = still ? na : a;
+        hi[x] = still ? nb : b;
+        moving[x] = still ? 1.0 : 0.0;
+        count += (size_t)still;
+    }
+    return count;
+}
+
+/* Indices j < m where keep[j] == want, into index; returns how many. */
+static size_t select_columns(const double *restrict keep, double want, size_t m,
+                             double *restrict index)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < m; j++) {
+        index[k] = (double)j;
+        k += keep[j] == want;
+    }
+    return k;
+}
+
+/* dst[i * dst_stride + j] = src[i * src_stride + index[j]] for i < n, j < k.
+ * In place (dst == src, the same stride) when index[j] >= j: every value is
+ * read before a later j could overwrite it. */
+MD_HOT static void gather_columns(double *dst, size_t dst_stride, const double *src,
+                                  size_t src_stride, int n, const double *restrict index,
+                                  size_t k)
+{
+    for (int i = 0; i < n; i++) {
+        double *d = dst + (size_t)i * dst_stride;
+        const double *s = src + (size_t)i * src_stride;
+#pragma GCC ivdep
+        for (size_t j = 0; j < k; j++) d[j] = s[(size_t)index[j]];
     }
 }
 
-MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *const *rows,
-                          size_t nframes, size_t w, double *value, double *variance,
-                          double *npix, double *nrej)
+/* Copy the columns of the tile that still move, with their runs and
+ * output positions, to the end of the queue. */
+static void enqueue(md_vclip_scratch *sc, const double *tile, size_t stride, int n, size_t w,
+                    size_t y, size_t x0)
+{
+    const size_t m = sc->queued, cap = sc->capacity;
+    double *restrict index = sc->done;
+    const size_t k = select_columns(sc->moving, 1.0, w, index);
+    gather_columns(sc->queue + m, cap, tile, stride, n, index, k);
+    for (size_t j = 0; j < k; j++) {
+        const size_t x = (size_t)index[j];
+        sc->qlo[m + j] = sc->lo[x];
+        sc->qhi[m + j] = sc->hi[x];
+        sc->qy[m + j] = (double)y;
+        sc->qx[m + j] = (double)(x0 + x);
+    }
+    sc->queued = m + k;
+}
+
+/* The generated first pass for p's sigclip, or NULL (md_internal.h). */
+static void (*fused_first_pass(const md_params *p, const md_vclip_scratch *sc))(
+    double *const *, size_t, const md_clip_args *)
+{
+    if (!sc->kernels || p->method != MD_SIGCLIP) return NULL;
+    if (p->centre == MD_CENTRE_MEDIAN && p->spread == MD_SPREAD_MAD) return sc->kernels->clip_mad;
+    if (p->centre == MD_CENTRE_MEAN && p->spread == MD_SPREAD_STD) return sc->kernels->clip_std;
+    return NULL;
+}
+
+MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_outputs *out,
+                          double *const *rows, size_t stride, size_t nframes, size_t w, size_t y,
+                          size_t x0, double *value, double *variance, double *npix, double *nrej)
 {
     const int n = (int)nframes;
+    const double *tile = rows[0];
+    double *lo = sc->lo, *hi = sc->hi;
+    void (*fused)(double *const *, size_t, const md_clip_args *) = fused_first_pass(p, sc);
+    if (!fused && sc->kernels) sc->kernels->sort(rows, w);
+    else if (!fused) md_network_apply(sc->sort, rows, w);
     switch (p->method) {
-    case MD_MINMAX: {
-        const int lo = p->nlow < n ? p->nlow : n;
-        mean_of_run(p, rows, n, lo, n - p->nhigh > lo ? n - p->nhigh : lo, w, sc, value,
-                    variance, npix, nrej);
+    case MD_MINMAX:
+        lo[0] = p->nlow < n ? p->nlow : n;
+        hi[0] = n - p->nhigh > lo[0] ? n - p->nhigh : lo[0];
+        mean_of_runs(p, tile, stride, n, w, lo, hi, 1, sc, value, variance, npix, nrej);
         return;
-    }
     case MD_QUANTILECLIP: {
         const double e = p->fclip * n;
         const int k0 = (int)floor(e), k1 = (int)ceil(e);
-        mean_of_run(p, rows, n, k0, n - k0, w, sc, value, variance, npix, nrej);
+        lo[0] = k0, hi[0] = n - k0;
+        mean_of_runs(p, tile, stride, n, w, lo, hi, 1, sc, value, variance, npix, nrej);
         if (k1 == k0 || n - 2 * k1 <= 0) return;
-        double *other = sc->other;
-        mean_of_run(p, rows, n, k1, n - k1, w, sc, other, other + w, other + 2 * w,
-                    other + 3 * w);
+        double *other = sc->results;
+        lo[0] = k1, hi[0] = n - k1;
+        mean_of_runs(p, tile, stride, n, w, lo, hi, 1, sc, other, other + w, other + 2 * w,
+                     other + 3 * w);
         for (size_t x = 0; x < w; x++) {
             value[x] += (e - k0) * (other[x] - value[x]);
             npix[x] = n - k0 - k1;
@@ -172,15 +368,75 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *cons
     }
     default: break;
     }
-    first_pass(p, rows, n, w, sc);
-    mean_of_run(p, rows, n, 0, n, w, sc, value, variance, npix, nrej);
-    for (size_t x = 0; x < w; x++) { /* columns the first pass moved: one by one */
-        if (sc->active[x] == 0.0) continue;
-        for (int i = 0; i < n; i++) sc->pv[i] = rows[i][x];
-        const md_pixel r = md_clip_sorted_from(p, sc->pv, n, (int)sc->lo[x], (int)sc->hi[x], 1);
-        value[x] = r.value;
-        variance[x] = r.variance;
-        npix[x] = r.npix;
-        nrej[x] = r.nrejected;
+    /* Room for every column of the tile (a flush uses the scratch). */
+    if (sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes, out);
+    size_t moved = 0;
+    if (fused) {
+        const md_clip_args args = {p->low, p->high, p->sigma_floor, lo, hi, sc->moving};
+        fused(rows, w, &args);
+        for (size_t x = 0; x < w; x++) moved += sc->moving[x] != 0.0;
+    } else {
+        lo[0] = 0.0, hi[0] = n;
+        moved = clip_pass(p, tile, stride, n, w, lo, hi, 1, sc->moving, sc);
     }
+    if (moved > 0 && p->maxiters == 1) { /* every run is final */
+        mean_of_runs(p, tile, stride, n, w, lo, hi, 0, sc, value, variance, npix, nrej);
+        return;
+    }
+    /* The results of the columns that did not move; those that did are
+     * queued, and their results replaced when the queue is flushed. */
+    const double a = 0.0, b = n;
+    mean_of_runs(p, tile, stride, n, w, &a, &b, 1, sc, value, variance, npix, nrej);
+    if (moved > 0) enqueue(sc, tile, stride, n, w, y, x0);
+}
+
+/* Store the results r (value, variance, npix, nrejected, capacity apart) of
+ * the queued columns listed in sc->done into the output planes. */
+static void store_done(const md_outputs *out, md_vclip_scratch *sc, const double *r,
+                       size_t count)
+{
+    const md_plane *planes[] = {&out->value, &out->variance, &out->npix, &out->nrejected};
+    for (size_t k = 0; k < 4; k++)
+        if (planes[k]->data)
+            md_scatter(planes[k], sc->qy, sc->qx, r + k * sc->capacity, sc->done, count);
+    if (!out->fewest) return;
+    const double *npix = r + 2 * sc->capacity;
+    for (size_t k = 0; k < count; k++) {
+        const double used = npix[(size_t)sc->done[k]];
+        sc->fewest = used < sc->fewest ? used : sc->fewest;
+    }
+}
+
+MD_HOT void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t nframes,
+                           const md_outputs *out)
+{
+    const int n = (int)nframes;
+    const size_t cap = sc->capacity;
+    double *q = sc->queue, *qlo = sc->qlo, *qhi = sc->qhi, *qy = sc->qy, *qx = sc->qx;
+    double *r = sc->results; /* value, variance, npix, nrejected */
+    size_t m = sc->queued;
+    for (int it = 1; it < p->maxiters && m > 0; it++) {
+        clip_pass(p, q, cap, n, m, qlo, qhi, 0, sc->moving, sc);
+        mean_of_runs(p, q, cap, n, m, qlo, qhi, 0, sc, r, r + cap, r + 2 * cap, r + 3 * cap);
+        /* Store the columns that stopped (all of them after the last pass);
+         * move the others to the front. */
+        if (it + 1 >= p->maxiters) {
+            for (size_t j = 0; j < m; j++) sc->done[j] = (double)j;
+            store_done(out, sc, r, m);
+            break;
+        }
+        store_done(out, sc, r, select_columns(sc->moving, 0.0, m, sc->done));
+        double *restrict index = sc->done;
+        const size_t kept = select_columns(sc->moving, 1.0, m, index);
+        gather_columns(q, cap, q, cap, n, index, kept);
+        for (size_t j = 0; j < kept; j++) {
+            const size_t from = (size_t)index[j];
+            qlo[j] = qlo[from];
+            qhi[j] = qhi[from];
+            qy[j] = qy[from];
+            qx[j] = qx[from];
+        }
+        m = kept;
+    }
+    sc->queued = 0;
 }

@@ -462,6 +462,21 @@ def test_pixel_with_no_good_value_is_nan_in_the_named_functions():
         assert np.isfinite(value[0, 1]) and npix[0, 1] == 2
 
 
+@pytest.mark.parametrize("func", [c.mean, c.median, c.sigmaclip, c.minmax, c.quantileclip])
+def test_conventions_reach_one_pixel_anywhere_in_a_large_image(func):
+    """numina's variance 0 for one value, at the last pixel of an image the core
+    combines in several chunks of rows, on two threads; fill-free planes elsewhere."""
+    rng = np.random.default_rng(7)
+    frames = list(rng.normal(100.0, 5.0, (5, 700, 300)))
+    masks = [np.zeros((700, 300), np.uint8) for _ in range(5)]
+    for m in masks[1:]:
+        m[-1, -1] = 1  # one good value left
+    kw = {"nmin": 0, "nmax": 0} if func is c.minmax else {}
+    value, variance, npix = planes(func(frames, masks=masks, **kw))
+    assert npix[-1, -1] == 1 and variance[-1, -1] == 0.0 and value[-1, -1] == frames[0][-1, -1]
+    assert np.all(variance[:-1] > 0) and np.all(npix[:-1] >= 3)
+
+
 def test_generic_combine_keeps_numinas_zero_for_no_good_value():
     # numina's test_combine_mask_average pins (0, 0, 0) for generic_combine.
     frames = [np.array([[1.0, 2.0]]), np.array([[3.0, NAN]])]
