@@ -245,6 +245,7 @@ static void vclip_layout(workspace *ws, size_t nframes, size_t cap)
     vc->queue = next + nframes * cap;
     vc->capacity = cap;
     vc->queued = 0;
+    vc->pv = ws->pv;
 }
 
 /* n zeroed doubles on a cache-line boundary (vector loads and stores of a
@@ -704,8 +705,10 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
 
     const size_t tw = tile_width(in->nframes);
     /* The rejection methods reduce clean tiles across their columns
-     * (md_vclip.c); sigclip and ccdclip queue columns for more passes. */
-    const int iterates = p->method == MD_SIGCLIP || p->method == MD_CCDCLIP;
+     * (md_vclip.c); sigclip and ccdclip queue columns for more passes, up to
+     * MD_KERNEL_MAX_FRAMES frames. */
+    const int iterates = (p->method == MD_SIGCLIP || p->method == MD_CCDCLIP)
+                         && in->nframes <= MD_KERNEL_MAX_FRAMES;
     const size_t vclip_cap = !use_net || p->method == MD_MEDIAN ? 0
                              : iterates                       ? MD_QUEUE_TILES * tw
                                                               : tw;

@@ -136,6 +136,7 @@ typedef struct md_vclip_scratch {
     double *results;                               /* 4 x capacity */
     double *queue;             /* n rows of the queued columns ... */
     double *qlo, *qhi, *qy, *qx; /* ... their runs and output positions */
+    double *pv;                /* n values of one column (more frames than kernels) */
     size_t queued;             /* columns in the queue */
     double fewest;             /* smallest npix stored by md_vclip_flush */
 } md_vclip_scratch;
@@ -171,5 +172,12 @@ double md_sorted_median(const double *v, int n);
  * NULL): value = weighted mean of the survivors, variance as md_params says.
  */
 md_pixel md_reduce_sorted(const md_params *p, const double *v, const double *wt, int n);
+
+/*
+ * MD_SIGCLIP or MD_CCDCLIP (equal weights) on sorted v[0..n) continued from
+ * the run [lo, hi) left by `done` clipping passes: what md_reduce_sorted
+ * gives when its first `done` passes left that run.
+ */
+md_pixel md_clip_sorted_from(const md_params *p, const double *v, int n, int lo, int hi, int done);
 
 #endif /* MD_INTERNAL_H */

@@ -98,13 +98,14 @@ static void centre_and_spread(const md_params *p, const double *v, int n, double
     if (*s < p->sigma_floor) *s = p->sigma_floor;
 }
 
-/* Iterative clipping of sorted v[0..n): returns the surviving run [*lo, *hi).
- * Stops when a pass rejects nothing, after maxiters passes, or before a pass
- * that would reject every value (the previous survivors are kept). */
-static void clip_iteratively(const md_params *p, const double *v, int n, int *lo, int *hi)
+/* Iterative clipping of sorted v from the run [*lo, *hi) left by `done`
+ * passes: returns the surviving run.  Stops when a pass rejects nothing,
+ * after maxiters passes, or before a pass that would reject every value (the
+ * previous survivors are kept). */
+static void clip_iteratively(const md_params *p, const double *v, int done, int *lo, int *hi)
 {
-    int a = 0, b = n;
-    for (int it = 0; it < p->maxiters; it++) {
+    int a = *lo, b = *hi;
+    for (int it = done; it < p->maxiters; it++) {
         double c, s;
         centre_and_spread(p, v + a, b - a, &c, &s);
         const double low = c - p->low * s, high = c + p->high * s;
@@ -159,9 +160,15 @@ md_pixel md_reduce_sorted(const md_params *p, const double *v, const double *wt,
         break;
     case MD_SIGCLIP:
     case MD_CCDCLIP:
-        if (n > 0) clip_iteratively(p, v, n, &lo, &hi);
+        if (n > 0) clip_iteratively(p, v, 0, &lo, &hi);
         break;
     default: break;
     }
     return mean_of_run(p, v, wt, n, lo, hi);
+}
+
+md_pixel md_clip_sorted_from(const md_params *p, const double *v, int n, int lo, int hi, int done)
+{
+    clip_iteratively(p, v, done, &lo, &hi);
+    return mean_of_run(p, v, NULL, n, lo, hi);
 }

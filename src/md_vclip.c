@@ -6,14 +6,15 @@
  * same run in every column.  sigclip and ccdclip run their first pass across
  * all the columns of a tile (for sigclip's median/MAD and mean/std and up to
  * MD_KERNEL_MAX_FRAMES frames, md_kernels.c's md_kclip_* sort the tile and run
- * it with each column in registers), whose results are stored with the tile;
- * the columns that pass moved are copied to a queue that collects them from tile
- * after tile.  When it is full, and at the end of a block of rows, the queue
- * is flushed: the next passes run across the queued columns, those that stop
- * are stored (their results replacing the tile's) and leave the queue.  A
- * pass over a few hundred queued columns costs little more than their
- * arithmetic, where a pass over the few columns of one tile that still move
- * would mostly cost its loops' overhead.
+ * it with each column in registers), whose results are stored with the tile.
+ * Up to MD_KERNEL_MAX_FRAMES frames, the columns that pass moved are copied to
+ * a queue that collects them from tile after tile (with more frames, each
+ * continues alone, in md_reduce.c).  When it is full, and at the end of a
+ * block of rows, the queue is flushed: the next passes run across the queued
+ * columns, those that stop are stored (their results replacing the tile's)
+ * and leave the queue.  A pass over a few hundred queued columns costs little
+ * more than their arithmetic, where a pass over the few columns of one tile
+ * that still move would mostly cost its loops' overhead.
  *
  * The arithmetic repeats md_reduce.c's operation for operation, so a pixel
  * gets the same bits whichever path computes it, in whichever batch.
@@ -387,7 +388,21 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
      * queued, and their results replaced when the queue is flushed. */
     const double a = 0.0, b = n;
     mean_of_runs(p, tile, stride, n, w, &a, &b, 1, sc, value, variance, npix, nrej);
-    if (moved > 0) enqueue(sc, tile, stride, n, w, y, x0);
+    if (moved > 0 && sc->kernels) {
+        enqueue(sc, tile, stride, n, w, y, x0);
+        return;
+    }
+    /* Above MD_KERNEL_MAX_FRAMES a pass over queued columns would sort their
+     * deviations with the whole network: continue each column alone. */
+    for (size_t x = 0; x < w && moved > 0; x++) {
+        if (sc->moving[x] == 0.0) continue;
+        for (int i = 0; i < n; i++) sc->pv[i] = tile[(size_t)i * stride + x];
+        const md_pixel r = md_clip_sorted_from(p, sc->pv, n, (int)lo[x], (int)hi[x], 1);
+        value[x] = r.value;
+        variance[x] = r.variance;
+        npix[x] = r.npix;
+        nrej[x] = r.nrejected;
+    }
 }
 
 /* Store the results r (value, variance, npix, nrejected, capacity apart) of
