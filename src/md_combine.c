@@ -593,8 +593,7 @@ MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const
                       ws->variance, ws->npix, ws->nrej);
         return;
     }
-    if (net && kernels) kernels->sort(ws->rows, w);
-    else if (net) md_network_apply(net, ws->rows, w);
+    if (net) md_sort_columns(kernels, net, ws->rows, w);
     for (size_t x = 0; x < w; x++) {
         int n;
         if (net) { /* sorted, good values first */

@@ -25,6 +25,9 @@
 #define MD_HOT
 #endif
 
+/* 1 / Phi^-1(3/4): the MAD of a normal distribution times this is its sigma. */
+#define MD_MAD_TO_SIGMA 1.482602218505602
+
 /* Marker of a bad value inside the core's tiles: it sorts after every good
  * value, so a sorted column holds its good values first. */
 #define MD_BAD INFINITY
@@ -121,6 +124,11 @@ typedef struct md_kernels {
 } md_kernels;
 
 extern const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1];
+
+/* Sort the columns of a tile of n rows (md_network_apply): by the kernels for
+ * n frames when there are (kernels not NULL), else by the full network net. */
+void md_sort_columns(const md_kernels *kernels, const md_network *net, double *const *rows,
+                     size_t w);
 
 /* ---- md_vclip.c: rejection methods across a tile's columns ---------------- */
 

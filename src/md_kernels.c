@@ -6,8 +6,6 @@
 /* Compare-exchange: the min/max shapes the compiler maps to vector min/max. */
 #define MD_CMPX(a, b) do { const double lo_ = a < b ? a : b; b = b < a ? a : b; a = lo_; } while (0)
 
-#define MD_MAD_TO_SIGMA 1.482602218505602 /* as md_reduce.c */
-
 MD_HOT static void md_kmedian_1(double *const *rows, size_t w, double *restrict value)
 {
     const double *restrict r0 = rows[0];

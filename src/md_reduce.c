@@ -8,7 +8,6 @@
 
 #include "md_internal.h"
 
-#define MD_MAD_TO_SIGMA 1.482602218505602 /* 1 / Phi^-1(3/4) */
 
 double md_sorted_median(const double *v, int n)
 {

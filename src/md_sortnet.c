@@ -146,3 +146,10 @@ void md_sort(double *v, double *wt, size_t n)
     for (; g > 1; g /= 3) gapped_insertion(v, wt, n, g);
     gapped_insertion(v, wt, n, 1);
 }
+
+void md_sort_columns(const md_kernels *kernels, const md_network *net, double *const *rows,
+                     size_t w)
+{
+    if (kernels) kernels->sort(rows, w);
+    else md_network_apply(net, rows, w);
+}

@@ -29,8 +29,6 @@
 
 #include "md_internal.h"
 
-#define MD_MAD_TO_SIGMA 1.482602218505602 /* as md_reduce.c */
-
 #define MD_INLINE static inline __attribute__((always_inline))
 
 /* Start and end of the run of column x (a0, b0: those of column 0). */
@@ -182,8 +180,7 @@ MD_INLINE void run_mads(const double *v, size_t stride, int n, size_t w,
         sc->kernels->median(sc->dev_rows, w, s);
         return;
     }
-    if (sc->kernels) sc->kernels->sort(sc->dev_rows, w);
-    else md_network_apply(sc->sort, sc->dev_rows, w);
+    md_sort_columns(sc->kernels, sc->sort, sc->dev_rows, w);
     const double *restrict dev = sc->dev_rows[0];
     const size_t dstride = sc->capacity;
     for (size_t x = 0; x < w; x++) {
@@ -342,8 +339,7 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     const double *tile = rows[0];
     double *lo = sc->lo, *hi = sc->hi;
     void (*fused)(double *const *, size_t, const md_clip_args *) = fused_first_pass(p, sc);
-    if (!fused && sc->kernels) sc->kernels->sort(rows, w);
-    else if (!fused) md_network_apply(sc->sort, rows, w);
+    if (!fused) md_sort_columns(sc->kernels, sc->sort, rows, w);
     switch (p->method) {
     case MD_MINMAX:
         lo[0] = p->nlow < n ? p->nlow : n;
@@ -388,13 +384,14 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
      * queued, and their results replaced when the queue is flushed. */
     const double a = 0.0, b = n;
     mean_of_runs(p, tile, stride, n, w, &a, &b, 1, sc, value, variance, npix, nrej);
-    if (moved > 0 && sc->kernels) {
+    if (moved == 0) return;
+    if (sc->kernels) {
         enqueue(sc, tile, stride, n, w, y, x0);
         return;
     }
     /* Above MD_KERNEL_MAX_FRAMES a pass over queued columns would sort their
      * deviations with the whole network: continue each column alone. */
-    for (size_t x = 0; x < w && moved > 0; x++) {
+    for (size_t x = 0; x < w; x++) {
         if (sc->moving[x] == 0.0) continue;
         for (int i = 0; i < n; i++) sc->pv[i] = tile[(size_t)i * stride + x];
         const md_pixel r = md_clip_sorted_from(p, sc->pv, n, (int)lo[x], (int)hi[x], 1);

@@ -61,8 +61,13 @@ def network(pairs) -> str:
     return "\n".join(f"        MD_CMPX(v{a}, v{b});" for a, b in pairs)
 
 
-def row_pointers(n: int) -> str:
-    return "\n".join(f"    const double *restrict r{i} = rows[{i}];" for i in range(n))
+def row_pointers(n: int, writable: bool = False) -> str:
+    kind = "double" if writable else "const double"
+    return "\n".join(f"    {kind} *restrict r{i} = rows[{i}];" for i in range(n))
+
+
+def stores(n: int) -> str:
+    return "\n".join(f"        r{i}[x] = v{i};" for i in range(n))
 
 
 def kernel_median(n: int) -> str:
@@ -81,18 +86,16 @@ MD_HOT static void md_kmedian_{n}(double *const *rows, size_t w, double *restric
 
 
 def kernel_sort(n: int) -> str:
-    pointers = "\n".join(f"    double *restrict r{i} = rows[{i}];" for i in range(n))
-    stores = "\n".join(f"        r{i}[x] = v{i};" for i in range(n))
     return f"""
 MD_HOT static void md_ksort_{n}(double *const *rows, size_t w)
 {{
-{pointers}
+{row_pointers(n, writable=True)}
     /* The rows are distinct, non-overlapping rows of one tile. */
 #pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
 {loads(n)}
 {network(batcher_pairs(n))}
-{stores}
+{stores(n)}
     }}
 }}
 """
@@ -110,8 +113,6 @@ def tree_sum(terms: list[str]) -> str:
 def kernel_clip(n: int, spread: str) -> str:
     """The first clipping pass on whole columns, as md_vclip.c's clip_pass
     does it for the run [0, n)."""
-    pointers = "\n".join(f"    double *restrict r{i} = rows[{i}];" for i in range(n))
-    stores = "\n".join(f"        r{i}[x] = v{i};" for i in range(n))
     if spread == "mad":
         centre = f"v{n // 2}" if n % 2 else f"(v{n // 2 - 1} + v{n // 2}) / 2.0"
         devs = "\n".join(f"        double e{i} = fabs(v{i} - c);" for i in range(n))
@@ -135,14 +136,14 @@ def kernel_clip(n: int, spread: str) -> str:
     return f"""
 MD_HOT static void md_kclip_{spread}_{n}(double *const *rows, size_t w, const md_clip_args *a)
 {{
-{pointers}
+{row_pointers(n, writable=True)}
     const double k_low = a->low, k_high = a->high, floor_ = a->floor;
     double *restrict lo = a->lo, *restrict hi = a->hi, *restrict moving = a->moving;
 #pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
 {loads(n)}
 {network(batcher_pairs(n))}
-{stores}
+{stores(n)}
 {spread_code}
         s = s < floor_ ? floor_ : s;
         const double low = c - k_low * s, high = c + k_high * s;
@@ -166,7 +167,6 @@ def main() -> None:
         "#define MD_CMPX(a, b) do { const double lo_ = a < b ? a : b; "
         "b = b < a ? a : b; a = lo_; } while (0)"
     )
-    print("\n#define MD_MAD_TO_SIGMA 1.482602218505602 /* as md_reduce.c */")
     for n in range(1, MAX_FRAMES + 1):
         print(kernel_median(n), end="")
         print(kernel_sort(n), end="")
