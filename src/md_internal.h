@@ -106,12 +106,16 @@ void md_sort(double *v, double *wt, size_t n);
 #define MD_KERNEL_MAX_FRAMES 24
 
 /* Arguments of a first clipping pass (md_kclip_*): the clip limits and the
- * spread's floor (md_params), and per column the run left by the pass and
- * whether it moved (1.0) or stopped (0.0). */
+ * spread's floor (md_params), and per column the run left by the pass,
+ * whether it moved (1.0) or stopped (0.0), and the mean and the sum of
+ * squared deviations from it of all its values (md_vclip.c's run_means and
+ * mean_of_runs for the run [0, n), bit for bit). */
 typedef struct md_clip_args {
     double low, high, floor;
-    double *lo, *hi, *moving;
+    double *lo, *hi, *moving, *mean, *sumsq;
 } md_clip_args;
+
+typedef void (*md_clip_kernel)(double *const *rows, size_t w, const md_clip_args *a);
 
 typedef struct md_kernels {
     void (*median)(double *const *rows, size_t w, double *value);
@@ -119,8 +123,11 @@ typedef struct md_kernels {
     /* Sort, then the first pass of sigclip with centre median and spread
      * MAD (clip_mad) or centre mean and spread std (clip_std); NULL below
      * 3 frames. */
-    void (*clip_mad)(double *const *rows, size_t w, const md_clip_args *a);
-    void (*clip_std)(double *const *rows, size_t w, const md_clip_args *a);
+    md_clip_kernel clip_mad, clip_std;
+    /* A later pass of the same on sorted columns, each with its own run
+     * [a->lo[x], a->hi[x]) (updated), read and not changed; a->mean and
+     * a->sumsq get those of the run before the pass.  NULL below 3 frames. */
+    md_clip_kernel pass_mad, pass_std;
 } md_kernels;
 
 extern const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1];

@@ -11,10 +11,11 @@
  * a queue that collects them from tile after tile (with more frames, each
  * continues alone, in md_reduce.c).  When it is full, and at the end of a
  * block of rows, the queue is flushed: the next passes run across the queued
- * columns, those that stop are stored (their results replacing the tile's)
- * and leave the queue.  A pass over a few hundred queued columns costs little
- * more than their arithmetic, where a pass over the few columns of one tile
- * that still move would mostly cost its loops' overhead.
+ * columns (for those two pairs, by md_kernels.c's md_kpass_*), those that
+ * stop are stored (their results replacing the tile's) and leave the queue.
+ * A pass over a few hundred queued columns costs little more than their
+ * arithmetic, where a pass over the few columns of one tile that still move
+ * would mostly cost its loops' overhead.
  *
  * The arithmetic repeats md_reduce.c's operation for operation, so a pixel
  * gets the same bits whichever path computes it, in whichever batch.
@@ -67,6 +68,14 @@ MD_INLINE void run_means(const double *v, size_t stride, int n, size_t w,
         mean[x] = mean[x] / (run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform));
 }
 
+/* Whether any of the runs [lo[x], hi[x]) of w columns holds fewer than two rows. */
+MD_INLINE int any_short_run(const double *restrict lo, const double *restrict hi, size_t w)
+{
+    int short_runs = 0;
+    for (size_t x = 0; x < w; x++) short_runs |= hi[x] - lo[x] < 2.0;
+    return short_runs;
+}
+
 /*
  * md_reduce.c's mean_of_run, last step: from the means and the sums of
  * squared deviations ss of the runs [lo[x], hi[x]) (of all n values for runs
@@ -78,12 +87,15 @@ MD_INLINE void finish_runs(const md_params *p, int n, size_t w, const double *re
                            double *restrict variance, double *restrict npix,
                            double *restrict nrej)
 {
-    const double k = p->var_factor[n], nd = n, a0 = lo[0], b0 = hi[0];
+    const double k = p->var_factor[n], nd = n, a0 = lo[0], b0 = hi[0], fill = p->fill;
+    /* value .. nrej never overlap (distinct planes, or rows of one scratch). */
+#pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {
         const double used = run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform);
+        const double mx = mean[x], sx = ss[x];
         const double m = used < 2.0 ? nd : used;
-        const double s2 = m >= 2 ? ss[x] / (m - m / m) : NAN;
-        value[x] = used > 0 ? mean[x] : p->fill;
+        const double s2 = m >= 2 ? sx / (m - m / m) : NAN;
+        value[x] = used > 0 ? mx : fill;
         variance[x] = used > 0 ? k * s2 * used / (used * used) : NAN;
         npix[x] = used;
         nrej[x] = n - used;
@@ -104,9 +116,7 @@ MD_INLINE void mean_of_runs(const md_params *p, const double *v, size_t stride, 
     const double nd = n, a0 = lo[0], b0 = hi[0];
     double *restrict mean = sc->c, *restrict ss = sc->s;
     run_means(v, stride, n, w, lo, hi, uniform, mean);
-    int short_runs = 0;
-    for (size_t x = 0; x < w; x++)
-        short_runs |= run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform) < 2.0;
+    const int short_runs = uniform ? b0 - a0 < 2.0 : any_short_run(lo, hi, w);
     const double *restrict whole = mean;
     if (short_runs) { /* their variance comes from all n values, about their own mean */
         double *restrict all = sc->tmp;
@@ -321,13 +331,16 @@ static void enqueue(md_vclip_scratch *sc, const double *tile, size_t stride, int
     sc->queued = m + k;
 }
 
-/* The generated first pass for p's sigclip, or NULL (md_internal.h). */
-static void (*fused_first_pass(const md_params *p, const md_vclip_scratch *sc))(
-    double *const *, size_t, const md_clip_args *)
+/* The generated kernel for p's sigclip, its first pass (first = 1) or a
+ * later one (first = 0), or NULL (md_internal.h). */
+static md_clip_kernel generated_pass(const md_params *p, const md_vclip_scratch *sc, int first)
 {
-    if (!sc->kernels || p->method != MD_SIGCLIP) return NULL;
-    if (p->centre == MD_CENTRE_MEDIAN && p->spread == MD_SPREAD_MAD) return sc->kernels->clip_mad;
-    if (p->centre == MD_CENTRE_MEAN && p->spread == MD_SPREAD_STD) return sc->kernels->clip_std;
+    const md_kernels *k = sc->kernels;
+    if (!k || p->method != MD_SIGCLIP) return NULL;
+    if (p->centre == MD_CENTRE_MEDIAN && p->spread == MD_SPREAD_MAD)
+        return first ? k->clip_mad : k->pass_mad;
+    if (p->centre == MD_CENTRE_MEAN && p->spread == MD_SPREAD_STD)
+        return first ? k->clip_std : k->pass_std;
     return NULL;
 }
 
@@ -338,7 +351,7 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     const int n = (int)nframes;
     const double *tile = rows[0];
     double *lo = sc->lo, *hi = sc->hi;
-    void (*fused)(double *const *, size_t, const md_clip_args *) = fused_first_pass(p, sc);
+    const md_clip_kernel fused = generated_pass(p, sc, 1);
     if (!fused) md_sort_columns(sc->kernels, sc->sort, rows, w);
     switch (p->method) {
     case MD_MINMAX:
@@ -369,7 +382,9 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     if (sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes, out);
     size_t moved = 0;
     if (fused) {
-        const md_clip_args args = {p->low, p->high, p->sigma_floor, lo, hi, sc->moving};
+        const md_clip_args args = {.low = p->low, .high = p->high, .floor = p->sigma_floor,
+                                   .lo = lo, .hi = hi, .moving = sc->moving,
+                                   .mean = sc->c, .sumsq = sc->s};
         fused(rows, w, &args);
         for (size_t x = 0; x < w; x++) moved += sc->moving[x] != 0.0;
     } else {
@@ -383,7 +398,10 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     /* The results of the columns that did not move; those that did are
      * queued, and their results replaced when the queue is flushed. */
     const double a = 0.0, b = n;
-    mean_of_runs(p, tile, stride, n, w, &a, &b, 1, sc, value, variance, npix, nrej);
+    if (fused) /* it left the means and squared deviations in sc->c, sc->s */
+        finish_runs(p, n, w, &a, &b, 1, sc->c, sc->s, value, variance, npix, nrej);
+    else
+        mean_of_runs(p, tile, stride, n, w, &a, &b, 1, sc, value, variance, npix, nrej);
     if (moved == 0) return;
     if (sc->kernels) {
         enqueue(sc, tile, stride, n, w, y, x0);
@@ -427,12 +445,29 @@ MD_HOT void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t nfra
     double *q = sc->queue, *qlo = sc->qlo, *qhi = sc->qhi, *qy = sc->qy, *qx = sc->qx;
     double *r = sc->results; /* value, variance, npix, nrejected */
     size_t m = sc->queued;
+    const md_clip_kernel generated = generated_pass(p, sc, 0);
+    double *rows[MD_KERNEL_MAX_FRAMES];
+    for (int i = 0; generated && i < n; i++) rows[i] = q + (size_t)i * cap;
     for (int it = 1; it < p->maxiters && m > 0; it++) {
-        clip_pass(p, q, cap, n, m, qlo, qhi, 0, sc->moving, sc);
-        mean_of_runs(p, q, cap, n, m, qlo, qhi, 0, sc, r, r + cap, r + 2 * cap, r + 3 * cap);
+        const int last = it + 1 >= p->maxiters;
+        if (generated) {
+            const md_clip_args args = {.low = p->low, .high = p->high, .floor = p->sigma_floor,
+                                       .lo = qlo, .hi = qhi, .moving = sc->moving,
+                                       .mean = sc->c, .sumsq = sc->s};
+            generated(rows, m, &args);
+        } else {
+            clip_pass(p, q, cap, n, m, qlo, qhi, 0, sc->moving, sc);
+        }
+        /* The results of the columns that stopped: from the means and
+         * squared deviations of their runs the kernel left, unless a run is
+         * too short for them (its variance is taken from all the values). */
+        if (generated && !last && !any_short_run(qlo, qhi, m))
+            finish_runs(p, n, m, qlo, qhi, 0, sc->c, sc->s, r, r + cap, r + 2 * cap, r + 3 * cap);
+        else
+            mean_of_runs(p, q, cap, n, m, qlo, qhi, 0, sc, r, r + cap, r + 2 * cap, r + 3 * cap);
         /* Store the columns that stopped (all of them after the last pass);
          * move the others to the front. */
-        if (it + 1 >= p->maxiters) {
+        if (last) {
             for (size_t j = 0; j < m; j++) sc->done[j] = (double)j;
             store_done(out, sc, r, m);
             break;

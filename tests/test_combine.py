@@ -167,6 +167,8 @@ def invariance_cases(n: int):
         ("sum", {}),
         ("sigclip", {}),
         ("sigclip", {"centre": "mean", "spread": "std", "low": 1.0, "high": 1.0}),
+    ("sigclip", {"low": 0.5, "high": 0.5}),  # runs cut down to one value
+    ("sigclip", {"centre": "mean", "spread": "std", "low": 0.5, "high": 0.5}),
         ("ccdclip", {"gain": 1.0, "rdnoise": 3.0}),
         ("minmax", {"nlow": min(1, n - 1), "nhigh": 0}),
         ("quantileclip", {"fclip": 0.2}),
@@ -213,6 +215,8 @@ PATH_CASES = [
     ("sigclip", {"maxiters": 2, "low": 1.0, "high": 1.5}),
     ("sigclip", {"spread": "std", "low": 1.0, "high": 1.5}),
     ("sigclip", {"centre": "mean", "spread": "std", "low": 1.0, "high": 1.0}),
+    ("sigclip", {"low": 0.5, "high": 0.5}),  # runs cut down to one value
+    ("sigclip", {"centre": "mean", "spread": "std", "low": 0.5, "high": 0.5}),
     ("sigclip", {"centre": "mean", "low": 1.5, "high": 1.0, "sigma_floor": 0.5}),
     ("ccdclip", {"gain": 4.0, "rdnoise": 0.5, "low": 1.0, "high": 1.5}),
     ("minmax", {}),
@@ -220,7 +224,7 @@ PATH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("n", [2, 3, 4, 11, 24, 30])
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 11, 12, 13, 16, 21, 24, 30])
 @pytest.mark.parametrize(("method", "params"), PATH_CASES)
 def test_columns_together_give_the_bits_of_one_pixel_at_a_time(n, method, params, rng):
     """Clean tiles without weights are clipped across their columns; equal
@@ -240,6 +244,8 @@ def test_columns_together_give_the_bits_of_one_pixel_at_a_time(n, method, params
         np.testing.assert_array_equal(getattr(together, name), getattr(alone, name), err_msg=name)
     if n >= 4:  # the runs did move
         assert together.nrejected.max() >= 1
+    if params.get("low") == 0.5 and n >= 3:  # runs of one value were clipped again
+        assert (together.npix == 1).any()
 
 
 def test_writes_into_given_planes_of_any_layout(rng):
