@@ -167,8 +167,8 @@ def invariance_cases(n: int):
         ("sum", {}),
         ("sigclip", {}),
         ("sigclip", {"centre": "mean", "spread": "std", "low": 1.0, "high": 1.0}),
-    ("sigclip", {"low": 0.5, "high": 0.5}),  # runs cut down to one value
-    ("sigclip", {"centre": "mean", "spread": "std", "low": 0.5, "high": 0.5}),
+        ("sigclip", {"low": 0.5, "high": 0.5}),  # runs cut down to one value
+        ("sigclip", {"centre": "mean", "spread": "std", "low": 0.5, "high": 0.5}),
         ("ccdclip", {"gain": 1.0, "rdnoise": 3.0}),
         ("minmax", {"nlow": min(1, n - 1), "nhigh": 0}),
         ("quantileclip", {"fclip": 0.2}),

@@ -48,9 +48,19 @@ def batcher_pairs(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def pruned(pairs: list[tuple[int, int]], needed: set[int]) -> list[tuple[int, int]]:
+    """The comparators of a network that the positions ``needed`` depend on."""
+    kept = []
+    for a, b in reversed(pairs):
+        if a in needed or b in needed:
+            kept.append((a, b))
+            needed = needed | {a, b}
+    return kept[::-1]
+
+
 def median_pairs(n: int) -> list[tuple[int, int]]:
     """The comparators the middle element(s) depend on."""
-    return select_pairs(n, {(n - 1) // 2, n // 2})
+    return pruned(batcher_pairs(n), {(n - 1) // 2, n // 2})
 
 
 def loads(n: int) -> str:
@@ -221,7 +231,8 @@ def kernel_clip(n: int, spread: str) -> str:
     independent chains keep the vector units busy."""
     body = clip_body(n, spread)
     single = "\n".join(f"        {line}" for line in strip(body, "", "x"))
-    loops = f"""    for (size_t x = 0; x < w; x++) {{
+    loops = f"""#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {{
 {single}
     }}"""
     if n <= INTERLEAVE_FRAMES:
@@ -237,8 +248,6 @@ def kernel_clip(n: int, spread: str) -> str:
     for (size_t x = 2 * h; x < w; x++) {{
 {single}
     }}"""
-    else:
-        loops = "#pragma GCC ivdep\n" + loops
     return f"""
 MD_HOT static void md_kclip_{spread}_{n}(double *const *rows, size_t w, const md_clip_args *a)
 {{
@@ -249,16 +258,6 @@ MD_HOT static void md_kclip_{spread}_{n}(double *const *rows, size_t w, const md
 {loops}
 }}
 """
-
-
-def select_pairs(n: int, needed: set[int]) -> list[tuple[int, int]]:
-    """The comparators of the full network that the positions ``needed`` depend on."""
-    kept = []
-    for a, b in reversed(batcher_pairs(n)):
-        if a in needed or b in needed:
-            kept.append((a, b))
-            needed = needed | {a, b}
-    return kept[::-1]
 
 
 def v_shaped_pairs(n: int, needed: set[int]) -> list[tuple[int, int]]:
@@ -278,12 +277,7 @@ def v_shaped_pairs(n: int, needed: set[int]) -> list[tuple[int, int]]:
             if i + half < n
         ]
         half //= 2
-    kept = []
-    for a, b in reversed(pairs):
-        if a in needed or b in needed:
-            kept.append((a, b))
-            needed = needed | {a, b}
-    return kept[::-1]
+    return pruned(pairs, needed)
 
 
 def pick(values: str, index: str, count: int, into: str) -> list[str]:
