@@ -11,7 +11,6 @@ MD_HOT static void md_kmedian_1(double *const *rows, size_t w, double *restrict 
     const double *restrict r0 = rows[0];
     for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
-
         value[x] = v0;
     }
 }
@@ -23,7 +22,6 @@ MD_HOT static void md_ksort_1(double *const *rows, size_t w)
 #pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
-
         r0[x] = v0;
     }
 }

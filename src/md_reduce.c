@@ -8,7 +8,6 @@
 
 #include "md_internal.h"
 
-
 double md_sorted_median(const double *v, int n)
 {
     return (n % 2) ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;

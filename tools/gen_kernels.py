@@ -63,12 +63,17 @@ def median_pairs(n: int) -> list[tuple[int, int]]:
     return pruned(batcher_pairs(n), {(n - 1) // 2, n // 2})
 
 
-def loads(n: int) -> str:
-    return "\n".join(f"        double v{i} = r{i}[x];" for i in range(n))
+def code(statements: list[str]) -> str:
+    """Statements as the body of a kernel's loop over the columns."""
+    return "\n".join(f"        {line}" for line in statements)
 
 
-def network(pairs) -> str:
-    return "\n".join(f"        MD_CMPX(v{a}, v{b});" for a, b in pairs)
+def loads(n: int, kind: str = "double") -> list[str]:
+    return [f"{kind} v{i} = r{i}[x];" for i in range(n)]
+
+
+def network(pairs, name: str = "v") -> list[str]:
+    return [f"MD_CMPX({name}{a}, {name}{b});" for a, b in pairs]
 
 
 def row_pointers(n: int, writable: bool = False) -> str:
@@ -76,8 +81,8 @@ def row_pointers(n: int, writable: bool = False) -> str:
     return "\n".join(f"    {kind} *restrict r{i} = rows[{i}];" for i in range(n))
 
 
-def stores(n: int) -> str:
-    return "\n".join(f"        r{i}[x] = v{i};" for i in range(n))
+def stores(n: int) -> list[str]:
+    return [f"r{i}[x] = v{i};" for i in range(n)]
 
 
 def kernel_median(n: int) -> str:
@@ -87,8 +92,7 @@ MD_HOT static void md_kmedian_{n}(double *const *rows, size_t w, double *restric
 {{
 {row_pointers(n)}
     for (size_t x = 0; x < w; x++) {{
-{loads(n)}
-{network(median_pairs(n))}
+{code(loads(n) + network(median_pairs(n)))}
         value[x] = {mid};
     }}
 }}
@@ -103,9 +107,7 @@ MD_HOT static void md_ksort_{n}(double *const *rows, size_t w)
     /* The rows are distinct, non-overlapping rows of one tile. */
 #pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
-{loads(n)}
-{network(batcher_pairs(n))}
-{stores(n)}
+{code(loads(n) + network(batcher_pairs(n)) + stores(n))}
     }}
 }}
 """
@@ -180,9 +182,7 @@ def mad_of_sorted(n: int) -> list[str]:
 def clip_body(n: int, spread: str) -> list[str]:
     """The statements of the first pass on one column (x), one per item:
     sort, store, centre and spread, limits, counts and the column's results."""
-    body = [f"double v{i} = r{i}[x];" for i in range(n)]
-    body += [f"MD_CMPX(v{a}, v{b});" for a, b in batcher_pairs(n)]
-    body += [f"r{i}[x] = v{i};" for i in range(n)]
+    body = loads(n) + network(batcher_pairs(n)) + stores(n)
     # The mean and squared deviations of all n values, in md_vclip.c's order.
     body += ["double sum = 0.0;"] + [f"sum += v{i};" for i in range(n)]
     body += [f"const double mean_ = sum / {n}.0;", "double ss = 0.0, d;"]
@@ -230,7 +230,7 @@ def kernel_clip(n: int, spread: str) -> str:
     statement: each column is one long chain of dependent operations, and two
     independent chains keep the vector units busy."""
     body = clip_body(n, spread)
-    single = "\n".join(f"        {line}" for line in strip(body, "", "x"))
+    single = code(strip(body, "", "x"))
     loops = f"""#pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
 {single}
@@ -293,7 +293,7 @@ def kernel_pass(n: int, spread: str) -> str:
     deviations of each column's run before the pass (mean_of_runs, for the
     columns that stop).  The columns are read, not changed."""
     body = ["const double from = lo[x], to = hi[x], m = to - from;"]
-    body += [f"const double v{i} = r{i}[x];" for i in range(n)]
+    body += loads(n, "const double")
     body += [f"const int in{i} = ({i}.0 >= from) & ({i}.0 < to);" for i in range(n)]
     body += ["double sum = 0.0;"] + [f"sum = in{i} ? sum + v{i} : sum;" for i in range(n)]
     body += ["const double mean_ = sum / m;", "double ss = 0.0, d;"]
@@ -310,7 +310,7 @@ def kernel_pass(n: int, spread: str) -> str:
         # Down the sorted column the deviations fall to the centre and rise
         # after it, +inf outside the run: sorted as far as the middle of the
         # longest run by a bitonic merge.
-        body += [f"MD_CMPX(e{a}, e{b});" for a, b in v_shaped_pairs(n, set(range(n // 2 + 1)))]
+        body += network(v_shaped_pairs(n, set(range(n // 2 + 1))), "e")
         body += pick("e", "half", n // 2 + 1, "su") + pick("e", "half_below", n // 2 + 1, "sl")
         body += ["double s = MD_MAD_TO_SIGMA * (odd ? su : (sl + su) / 2.0);"]
     else:
@@ -333,7 +333,6 @@ def kernel_pass(n: int, spread: str) -> str:
         "mean[x] = mean_;",
         "sumsq[x] = ss;",
     ]
-    code = "\n".join(f"        {line}" for line in body)
     return f"""
 MD_HOT static void md_kpass_{spread}_{n}(double *const *rows, size_t w, const md_clip_args *a)
 {{
@@ -343,7 +342,7 @@ MD_HOT static void md_kpass_{spread}_{n}(double *const *rows, size_t w, const md
     double *restrict mean = a->mean, *restrict sumsq = a->sumsq;
 #pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
-{code}
+{code(body)}
     }}
 }}
 """
