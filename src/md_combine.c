@@ -38,8 +38,9 @@
 #include "md_internal.h"
 
 /* Arrays of the rejection scratch, in queue capacities: c, s, tmp, lo, hi,
- * moving, done, low, high, below, above, results (4), qlo, qhi, qy and qx. */
-#define MD_VCLIP_DOUBLES 19
+ * moving, low, high, below, above, results (4), qlo and qhi; then the index
+ * arrays done and qx, as wide as doubles. */
+#define MD_VCLIP_DOUBLES 18
 
 /* Capacity of the rejection queue, in tile widths. */
 #define MD_QUEUE_TILES 8
@@ -138,9 +139,7 @@ __attribute__((target("arch=x86-64-v3"))) static int divide_v3(double *restrict 
 MD_DIVIDE_BODY
 #endif
 
-/* dst[x] = num[x] / b for x < w, b a positive integer: by multiplications
- * where the CPU has FMA and the method applies, else by division. */
-static void divide(double *restrict dst, const double *restrict num, size_t w, double b)
+void md_divide(double *restrict dst, const double *restrict num, size_t w, double b)
 {
 #if MD_CLONES && __GNUC__ >= 12
     const int small = b < 0x1p50;
@@ -232,15 +231,19 @@ static void workspace_free(workspace *ws)
 static void vclip_layout(workspace *ws, size_t nframes, size_t cap)
 {
     md_vclip_scratch *vc = &ws->vc;
-    double **arrays[] = {&vc->c,    &vc->s,     &vc->tmp,   &vc->lo,      &vc->hi,
-                         &vc->moving, &vc->done, &vc->low, &vc->high,  &vc->below,
-                         &vc->above, &vc->results, &vc->qlo, &vc->qhi, &vc->qy, &vc->qx};
-    const size_t lengths[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1};
+    double **arrays[] = {&vc->c,    &vc->s,     &vc->tmp,     &vc->lo,  &vc->hi,
+                         &vc->moving, &vc->low, &vc->high,   &vc->below, &vc->above,
+                         &vc->results, &vc->qlo, &vc->qhi};
+    const size_t lengths[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1};
     double *next = ws->vc_doubles;
     for (size_t k = 0; k < sizeof arrays / sizeof arrays[0]; k++) {
         *arrays[k] = next;
         next += lengths[k] * cap;
     }
+    _Static_assert(sizeof(size_t) <= sizeof(double), "an index fits where a double does");
+    vc->done = (size_t *)(void *)next;
+    vc->qx = (size_t *)(void *)(next + cap);
+    next += 2 * cap;
     for (size_t i = 0; i < nframes; i++) vc->dev_rows[i] = next + i * cap;
     vc->queue = next + nframes * cap;
     vc->capacity = cap;
@@ -483,7 +486,7 @@ static inline __attribute__((always_inline)) void add_squares(double *restrict q
  * ws->mean), and with want_var the variances, of a tile holding no bad value,
  * without weights:
  * what column_moments and column_variances give N good values, by the same
- * operations in the same order, the divisions done by divide().  The sums
+ * operations in the same order, the divisions done by md_divide().  The sums
  * are gather_clean's when it gathered the tile.
  */
 MD_HOT static void clean_moments(const md_inputs *in, const md_params *p, workspace *ws,
@@ -501,7 +504,7 @@ MD_HOT static void clean_moments(const md_inputs *in, const md_params *p, worksp
         }
     }
     if (!mean_out && !want_var) return;
-    divide(mu, s, w, n);
+    md_divide(mu, s, w, n);
     if (!want_var) return;
     double *restrict var = ws->variance;
     if (nf < 2) {
@@ -521,9 +524,9 @@ MD_HOT static void clean_moments(const md_inputs *in, const md_params *p, worksp
     /* var_factor[n] * (q / (n - n / n)) * n / (n * n), as column_variances */
     const double k = p->var_factor[nf];
     double *restrict t = ws->sw;
-    divide(t, q, w, n - n / n);
+    md_divide(t, q, w, n - n / n);
     for (size_t x = 0; x < w; x++) t[x] = k * t[x] * n;
-    divide(var, t, w, n * n);
+    md_divide(var, t, w, n * n);
 }
 
 MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, workspace *ws,
@@ -664,8 +667,8 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
             const double fewest = store_tile(out, ws, in->nframes, y, x0, w);
             ws->fewest = fewest < ws->fewest ? fewest : ws->fewest;
         }
+        if (ws->vc.queued) md_vclip_flush(p, &ws->vc, in->nframes, out, y);
     }
-    if (ws->vc.queued) md_vclip_flush(p, &ws->vc, in->nframes, out);
 }
 
 /* ---- entry point ---------------------------------------------------------- */

@@ -32,6 +32,13 @@
  * value, so a sorted column holds its good values first. */
 #define MD_BAD INFINITY
 
+/* ---- md_combine.c: exact division ------------------------------------- */
+
+/* dst[x] = num[x] / b for x < w, b a positive integer: the bits of the
+ * division, by multiplications where the CPU has FMA and the method applies,
+ * else by division. */
+void md_divide(double *restrict dst, const double *restrict num, size_t w, double b);
+
 /* ---- md_load.c: reading images into double tiles ---------------------- */
 
 /* dst[k] = physical value of pixel (y, x0 + k), k < w; BLANK pixels -> NaN. */
@@ -56,10 +63,10 @@ void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned ch
 /* Store src[0..w) into row y, columns x0.., of an output plane. */
 void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src);
 
-/* For k < count and j = index[k]: store src[j] into pixel (ys[j], xs[j]) of
- * an output plane. */
-void md_scatter(const md_plane *pl, const double *ys, const double *xs, const double *src,
-                const double *index, size_t count);
+/* For k < count and j = index[k]: store src[j] into pixel (y, xs[j]) of an
+ * output plane. */
+void md_scatter(const md_plane *pl, size_t y, const size_t *xs, const double *src,
+                const size_t *index, size_t count);
 
 /* Store the value v into row y, columns x0..x0 + w, of an output plane (as
  * md_store_row would store w copies of it). */
@@ -146,11 +153,13 @@ typedef struct md_vclip_scratch {
     const md_network *sort;    /* ... then this full sorting network */
     size_t capacity;           /* columns of the arrays below; stride of dev and queue */
     double **dev_rows;         /* n rows of deviations from the centres */
-    double *c, *s, *tmp, *lo, *hi, *moving, *done; /* capacity each */
+    double *c, *s, *tmp, *lo, *hi, *moving;        /* capacity each */
     double *low, *high, *below, *above;            /* capacity each */
+    size_t *done;                                  /* capacity column indices */
     double *results;                               /* 4 x capacity */
     double *queue;             /* n rows of the queued columns ... */
-    double *qlo, *qhi, *qy, *qx; /* ... their runs and output positions */
+    double *qlo, *qhi;         /* ... their runs ... */
+    size_t *qx;                /* ... and columns (all in one row) */
     double *pv;                /* n values of one column (more frames than kernels) */
     size_t queued;             /* columns in the queue */
     double fewest;             /* smallest npix stored by md_vclip_flush */
@@ -162,13 +171,14 @@ typedef struct md_vclip_scratch {
  * x0 + w - 1) holding no bad value, sorted here column by column: the results
  * md_reduce_sorted gives each column, bit for bit, into value .. nrej.
  * Except for the columns that sigclip or ccdclip queue for more passes:
- * md_vclip_flush stores their results into `out`.  It runs when the queue
- * is full, and must run once a block of rows is done.
+ * md_vclip_flush stores their results into row y of `out`.  It runs when the
+ * queue is full, and must run at the end of each row.
  */
 void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_outputs *out,
                    double *const *rows, size_t stride, size_t n, size_t w, size_t y, size_t x0,
                    double *value, double *variance, double *npix, double *nrej);
-void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t n, const md_outputs *out);
+void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t n, const md_outputs *out,
+                    size_t y);
 
 /* ---- md_reduce.c: rejection methods on one pixel ---------------------- */
 

@@ -339,18 +339,17 @@ void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned ch
         }                                                                                         \
     }
 
-/* scatter_SUFFIX(pl, ys, xs, src, index, count): for k < count and
- * j = index[k], pixel (ys[j], xs[j]) of a plane of T set to CONVERT(src[j]). */
+/* scatter_SUFFIX(pl, y, xs, src, index, count): for k < count and
+ * j = index[k], pixel (y, xs[j]) of a plane of T set to CONVERT(src[j]). */
 #define MD_DEFINE_SCATTER(NAME, T, CONVERT)                                                       \
-    static void NAME(const md_plane *pl, const double *ys, const double *xs, const double *src,  \
-                     const double *index, size_t count)                                          \
+    static void NAME(const md_plane *pl, size_t y, const size_t *xs, const double *src,          \
+                     const size_t *index, size_t count)                                          \
     {                                                                                             \
+        char *row = (char *)pl->data + (ptrdiff_t)y * pl->row_stride;                             \
         for (size_t k = 0; k < count; k++) {                                                      \
-            const size_t j = (size_t)index[k];                                                    \
+            const size_t j = index[k];                                                            \
             const T t = CONVERT(src[j]);                                                          \
-            memcpy((char *)pl->data + (ptrdiff_t)ys[j] * pl->row_stride                           \
-                       + (ptrdiff_t)xs[j] * pl->col_stride,                                       \
-                   &t, sizeof t);                                                                 \
+            memcpy(row + (ptrdiff_t)xs[j] * pl->col_stride, &t, sizeof t);                        \
         }                                                                                         \
     }
 
@@ -398,8 +397,8 @@ MD_HOT void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, cons
     MD_WRITE(store, pl->dtype, (pl, y, x0, w, src))
 }
 
-void md_scatter(const md_plane *pl, const double *ys, const double *xs, const double *src,
-                const double *index, size_t count)
+void md_scatter(const md_plane *pl, size_t y, const size_t *xs, const double *src,
+                const size_t *index, size_t count)
 {
-    MD_WRITE(scatter, pl->dtype, (pl, ys, xs, src, index, count))
+    MD_WRITE(scatter, pl->dtype, (pl, y, xs, src, index, count))
 }

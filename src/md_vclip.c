@@ -9,8 +9,8 @@
  * it with each column in registers), whose results are stored with the tile.
  * Up to MD_KERNEL_MAX_FRAMES frames, the columns that pass moved are copied to
  * a queue that collects them from tile after tile (with more frames, each
- * continues alone, in md_reduce.c).  When it is full, and at the end of a
- * block of rows, the queue is flushed: the next passes run across the queued
+ * continues alone, in md_reduce.c).  When it is full, and at the end of each
+ * row, the queue is flushed: the next passes run across the queued
  * columns (for those two pairs, by md_kernels.c's md_kpass_*), those that
  * stop are stored (their results replacing the tile's) and leave the queue.
  * A pass over a few hundred queued columns costs little more than their
@@ -80,14 +80,27 @@ MD_INLINE int any_short_run(const double *restrict lo, const double *restrict hi
  * md_reduce.c's mean_of_run, last step: from the means and the sums of
  * squared deviations ss of the runs [lo[x], hi[x]) (of all n values for runs
  * shorter than two), the value, variance, npix and nrejected of every column.
+ * With one run of two or more rows for every column, ss is overwritten.
  */
 MD_INLINE void finish_runs(const md_params *p, int n, size_t w, const double *restrict lo,
                            const double *restrict hi, int uniform, const double *restrict mean,
-                           const double *restrict ss, double *restrict value,
+                           double *restrict ss, double *restrict value,
                            double *restrict variance, double *restrict npix,
                            double *restrict nrej)
 {
     const double k = p->var_factor[n], nd = n, a0 = lo[0], b0 = hi[0], fill = p->fill;
+    if (uniform && b0 - a0 >= 2.0) { /* the same divisors in every column: md_divide */
+        const double used = b0 - a0;
+        md_divide(variance, ss, w, used - used / used);
+        for (size_t x = 0; x < w; x++) ss[x] = k * variance[x] * used;
+        md_divide(variance, ss, w, used * used);
+        for (size_t x = 0; x < w; x++) {
+            value[x] = mean[x];
+            npix[x] = used;
+            nrej[x] = n - used;
+        }
+        return;
+    }
     /* value .. nrej never overlap (distinct planes, or rows of one scratch). */
 #pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {
@@ -287,11 +300,11 @@ MD_INLINE size_t clip_pass(const md_params *p, const double *v, size_t stride, i
 
 /* Indices j < m where keep[j] == want, into index; returns how many. */
 static size_t select_columns(const double *restrict keep, double want, size_t m,
-                             double *restrict index)
+                             size_t *restrict index)
 {
     size_t k = 0;
     for (size_t j = 0; j < m; j++) {
-        index[k] = (double)j;
+        index[k] = j;
         k += keep[j] == want;
     }
     return k;
@@ -301,32 +314,31 @@ static size_t select_columns(const double *restrict keep, double want, size_t m,
  * In place (dst == src, the same stride) when index[j] >= j: every value is
  * read before a later j could overwrite it. */
 MD_HOT static void gather_columns(double *dst, size_t dst_stride, const double *src,
-                                  size_t src_stride, int n, const double *restrict index,
+                                  size_t src_stride, int n, const size_t *restrict index,
                                   size_t k)
 {
     for (int i = 0; i < n; i++) {
         double *d = dst + (size_t)i * dst_stride;
         const double *s = src + (size_t)i * src_stride;
 #pragma GCC ivdep
-        for (size_t j = 0; j < k; j++) d[j] = s[(size_t)index[j]];
+        for (size_t j = 0; j < k; j++) d[j] = s[index[j]];
     }
 }
 
 /* Copy the columns of the tile that still move, with their runs and
- * output positions, to the end of the queue. */
+ * output columns, to the end of the queue. */
 static void enqueue(md_vclip_scratch *sc, const double *tile, size_t stride, int n, size_t w,
-                    size_t y, size_t x0)
+                    size_t x0)
 {
     const size_t m = sc->queued, cap = sc->capacity;
-    double *restrict index = sc->done;
+    size_t *restrict index = sc->done;
     const size_t k = select_columns(sc->moving, 1.0, w, index);
     gather_columns(sc->queue + m, cap, tile, stride, n, index, k);
     for (size_t j = 0; j < k; j++) {
-        const size_t x = (size_t)index[j];
+        const size_t x = index[j];
         sc->qlo[m + j] = sc->lo[x];
         sc->qhi[m + j] = sc->hi[x];
-        sc->qy[m + j] = (double)y;
-        sc->qx[m + j] = (double)(x0 + x);
+        sc->qx[m + j] = x0 + x;
     }
     sc->queued = m + k;
 }
@@ -379,7 +391,7 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     default: break;
     }
     /* Room for every column of the tile (a flush uses the scratch). */
-    if (sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes, out);
+    if (sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes, out, y);
     size_t moved = 0;
     if (fused) {
         const md_clip_args args = {.low = p->low, .high = p->high, .floor = p->sigma_floor,
@@ -404,7 +416,7 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
         mean_of_runs(p, tile, stride, n, w, &a, &b, 1, sc, value, variance, npix, nrej);
     if (moved == 0) return;
     if (sc->kernels) {
-        enqueue(sc, tile, stride, n, w, y, x0);
+        enqueue(sc, tile, stride, n, w, x0);
         return;
     }
     /* Above MD_KERNEL_MAX_FRAMES a pass over queued columns would sort their
@@ -421,28 +433,29 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
 }
 
 /* Store the results r (value, variance, npix, nrejected, capacity apart) of
- * the queued columns listed in sc->done into the output planes. */
-static void store_done(const md_outputs *out, md_vclip_scratch *sc, const double *r,
+ * the queued columns listed in sc->done into row y of the output planes. */
+static void store_done(const md_outputs *out, md_vclip_scratch *sc, size_t y, const double *r,
                        size_t count)
 {
     const md_plane *planes[] = {&out->value, &out->variance, &out->npix, &out->nrejected};
     for (size_t k = 0; k < 4; k++)
         if (planes[k]->data)
-            md_scatter(planes[k], sc->qy, sc->qx, r + k * sc->capacity, sc->done, count);
+            md_scatter(planes[k], y, sc->qx, r + k * sc->capacity, sc->done, count);
     if (!out->fewest) return;
     const double *npix = r + 2 * sc->capacity;
     for (size_t k = 0; k < count; k++) {
-        const double used = npix[(size_t)sc->done[k]];
+        const double used = npix[sc->done[k]];
         sc->fewest = used < sc->fewest ? used : sc->fewest;
     }
 }
 
 MD_HOT void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t nframes,
-                           const md_outputs *out)
+                           const md_outputs *out, size_t y)
 {
     const int n = (int)nframes;
     const size_t cap = sc->capacity;
-    double *q = sc->queue, *qlo = sc->qlo, *qhi = sc->qhi, *qy = sc->qy, *qx = sc->qx;
+    double *q = sc->queue, *qlo = sc->qlo, *qhi = sc->qhi;
+    size_t *qx = sc->qx;
     double *r = sc->results; /* value, variance, npix, nrejected */
     size_t m = sc->queued;
     const md_clip_kernel generated = generated_pass(p, sc, 0);
@@ -468,19 +481,18 @@ MD_HOT void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t nfra
         /* Store the columns that stopped (all of them after the last pass);
          * move the others to the front. */
         if (last) {
-            for (size_t j = 0; j < m; j++) sc->done[j] = (double)j;
-            store_done(out, sc, r, m);
+            for (size_t j = 0; j < m; j++) sc->done[j] = j;
+            store_done(out, sc, y, r, m);
             break;
         }
-        store_done(out, sc, r, select_columns(sc->moving, 0.0, m, sc->done));
-        double *restrict index = sc->done;
+        store_done(out, sc, y, r, select_columns(sc->moving, 0.0, m, sc->done));
+        size_t *restrict index = sc->done;
         const size_t kept = select_columns(sc->moving, 1.0, m, index);
         gather_columns(q, cap, q, cap, n, index, kept);
         for (size_t j = 0; j < kept; j++) {
-            const size_t from = (size_t)index[j];
+            const size_t from = index[j];
             qlo[j] = qlo[from];
             qhi[j] = qhi[from];
-            qy[j] = qy[from];
             qx[j] = qx[from];
         }
         m = kept;

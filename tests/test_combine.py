@@ -248,6 +248,27 @@ def test_columns_together_give_the_bits_of_one_pixel_at_a_time(n, method, params
         assert (together.npix == 1).any()
 
 
+@pytest.mark.parametrize("n", [11, 24])
+def test_rows_that_fill_the_queue_give_the_bits_of_one_pixel_at_a_time(n, rng):
+    """Every column has an outlier, so every column moves in the first pass and
+    is queued for more: the queue (8 tiles wide) fills and is flushed several
+    times within a row, then at the row's end, wherever the blocks of rows end."""
+    values = rng.normal(100.0, 3.0, (n, 5, 3000))
+    hit = rng.integers(0, n, values.shape[1:])
+    np.put_along_axis(values, hit[None], 1000.0, axis=0)
+    frames = list(values)
+    alone = quietly(combine, frames, "sigclip", dtype="float64", weights=[1.0] * n)
+    assert (alone.nrejected >= 1).all()
+    for nthreads, block_rows in [(1, 0), (1, 3), (2, 1), (2, 2)]:
+        together = quietly(
+            combine, frames, "sigclip", dtype="float64", nthreads=nthreads, block_rows=block_rows
+        )
+        for name in ("data", "variance", "npix", "nrejected"):
+            np.testing.assert_array_equal(
+                getattr(together, name), getattr(alone, name), err_msg=f"{name} {block_rows}"
+            )
+
+
 def test_writes_into_given_planes_of_any_layout(rng):
     frames = [rng.normal(100.0, 5.0, (9, 21)) for _ in range(5)]
     expected = combine(frames, "sigclip", dtype="float64")
