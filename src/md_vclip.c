@@ -91,7 +91,7 @@ MD_INLINE void finish_runs(const md_params *p, int n, size_t w, const double *re
     const double k = p->var_factor[n], nd = n, a0 = lo[0], b0 = hi[0], fill = p->fill;
     if (uniform && b0 - a0 >= 2.0) { /* the same divisors in every column: md_divide */
         const double used = b0 - a0;
-        md_divide(variance, ss, w, used - used / used);
+        md_divide(variance, ss, w, used - 1.0);
         for (size_t x = 0; x < w; x++) ss[x] = k * variance[x] * used;
         md_divide(variance, ss, w, used * used);
         for (size_t x = 0; x < w; x++) {
@@ -107,7 +107,7 @@ MD_INLINE void finish_runs(const md_params *p, int n, size_t w, const double *re
         const double used = run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform);
         const double mx = mean[x], sx = ss[x];
         const double m = used < 2.0 ? nd : used;
-        const double s2 = m >= 2 ? sx / (m - m / m) : NAN;
+        const double s2 = m >= 2 ? sx / (m - 1.0) : NAN; /* sw - sww / sw, weights 1 */
         value[x] = used > 0 ? mx : fill;
         variance[x] = used > 0 ? k * s2 * used / (used * used) : NAN;
         npix[x] = used;
