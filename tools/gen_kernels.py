@@ -199,20 +199,30 @@ def clip_body(n: int, spread: str) -> list[str]:
         below_rows, above_rows = range(n // 2), range((n + 1) // 2, n)
     below = tree_sum([f"(v{i} < low ? 1.0 : 0.0)" for i in below_rows])
     above = tree_sum([f"(v{i} > high ? 1.0 : 0.0)" for i in above_rows])
-    body += [
-        "s = s < floor_ ? floor_ : s;",
-        "const double low = c - k_low * s, high = c + k_high * s;",
-        f"const double below = {below};",
-        f"const double above = {above};",
-        f"const double na = below, nb = {n}.0 - above > na ? {n}.0 - above : na;",
-        f"const int still = !(((na == 0.0) & (nb == {n}.0)) | (na == nb));",
-        "lo[x] = still ? na : 0.0;",
-        f"hi[x] = still ? nb : {n}.0;",
+    body += LIMITS
+    body += [f"const double below = {below};", f"const double above = {above};"]
+    return body + new_run("0.0", f"{n}.0", "below")
+
+
+LIMITS = [
+    "s = s < floor_ ? floor_ : s;",
+    "const double low = c - k_low * s, high = c + k_high * s;",
+]
+
+
+def new_run(start: str, end: str, na: str) -> list[str]:
+    """After the counts below and above the limits: the column's run [start, end)
+    becomes [na, nb) unless the pass rejected nothing or everything; the stores
+    of the run, whether it moved, and the mean and squared deviations."""
+    return [
+        f"const double na = {na}, nb = {end} - above > na ? {end} - above : na;",
+        f"const int still = !(((na == {start}) & (nb == {end})) | (na == nb));",
+        f"lo[x] = still ? na : {start};",
+        f"hi[x] = still ? nb : {end};",
         "moving[x] = still ? 1.0 : 0.0;",
         "mean[x] = mean_;",
         "sumsq[x] = ss;",
     ]
-    return body
 
 
 def strip(body: list[str], suffix: str, column: str) -> list[str]:
@@ -319,20 +329,13 @@ def kernel_pass(n: int, spread: str) -> str:
     # in the run, either none, or they and every value before (after) the run.
     below = tree_sum([f"(v{i} < low ? 1.0 : 0.0)" for i in range(n)])
     above = tree_sum([f"(v{i} > high ? 1.0 : 0.0)" for i in range(n)])
+    body += LIMITS
     body += [
-        "s = s < floor_ ? floor_ : s;",
-        "const double low = c - k_low * s, high = c + k_high * s;",
         f"const double below_all = {below}, above_all = {above}, after = {n}.0 - to;",
         "const double below = below_all - from > 0.0 ? below_all - from : 0.0;",
         "const double above = above_all - after > 0.0 ? above_all - after : 0.0;",
-        "const double na = from + below, nb = to - above > na ? to - above : na;",
-        "const int still = !(((na == from) & (nb == to)) | (na == nb));",
-        "lo[x] = still ? na : from;",
-        "hi[x] = still ? nb : to;",
-        "moving[x] = still ? 1.0 : 0.0;",
-        "mean[x] = mean_;",
-        "sumsq[x] = ss;",
     ]
+    body += new_run("from", "to", "from + below")
     return f"""
 MD_HOT static void md_kpass_{spread}_{n}(double *const *rows, size_t w, const md_clip_args *a)
 {{
