@@ -149,6 +149,14 @@ void md_divide(double *restrict dst, const double *restrict num, size_t w, doubl
     for (size_t x = 0; x < w; x++) dst[x] = num[x] / b;
 }
 
+MD_HOT void md_mean_variances(double *restrict var, double *restrict tmp,
+                              const double *restrict ss, size_t w, double k, double m)
+{
+    md_divide(tmp, ss, w, m - 1.0);
+    for (size_t x = 0; x < w; x++) tmp[x] = k * tmp[x] * m;
+    md_divide(var, tmp, w, m * m);
+}
+
 /* ---- argument checks ----------------------------------------------------- */
 
 static int image_ok(const md_image *im)
@@ -521,12 +529,8 @@ MD_HOT static void clean_moments(const md_inputs *in, const md_params *p, worksp
         default: add_squares(q, mu, ws->rows + i, 4, w); break;
         }
     }
-    /* var_factor[n] * (q / (n - n / n)) * n / (n * n), as column_variances */
-    const double k = p->var_factor[nf];
-    double *restrict t = ws->sw;
-    md_divide(t, q, w, n - n / n);
-    for (size_t x = 0; x < w; x++) t[x] = k * t[x] * n;
-    md_divide(var, t, w, n * n);
+    /* as column_variances (ws->sw: scratch) */
+    md_mean_variances(var, ws->sw, q, w, p->var_factor[nf], n);
 }
 
 MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, workspace *ws,

@@ -39,6 +39,13 @@
  * else by division. */
 void md_divide(double *restrict dst, const double *restrict num, size_t w, double b);
 
+/* var[x] = k * (ss[x] / (m - 1)) * m / (m * m) for x < w: the variance of
+ * the mean of m >= 2 equally weighted values from their sum of squared
+ * deviations ss (md_reduce.c's mean_of_run, the same bits), by md_divide;
+ * tmp: w doubles of scratch. */
+void md_mean_variances(double *restrict var, double *restrict tmp, const double *restrict ss,
+                       size_t w, double k, double m);
+
 /* ---- md_load.c: reading images into double tiles ---------------------- */
 
 /* dst[k] = physical value of pixel (y, x0 + k), k < w; BLANK pixels -> NaN. */

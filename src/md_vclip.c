@@ -80,20 +80,17 @@ MD_INLINE int any_short_run(const double *restrict lo, const double *restrict hi
  * md_reduce.c's mean_of_run, last step: from the means and the sums of
  * squared deviations ss of the runs [lo[x], hi[x]) (of all n values for runs
  * shorter than two), the value, variance, npix and nrejected of every column.
- * With one run of two or more rows for every column, ss is overwritten.
  */
 MD_INLINE void finish_runs(const md_params *p, int n, size_t w, const double *restrict lo,
                            const double *restrict hi, int uniform, const double *restrict mean,
-                           double *restrict ss, double *restrict value,
+                           const double *restrict ss, double *restrict value,
                            double *restrict variance, double *restrict npix,
                            double *restrict nrej)
 {
     const double k = p->var_factor[n], nd = n, a0 = lo[0], b0 = hi[0], fill = p->fill;
-    if (uniform && b0 - a0 >= 2.0) { /* the same divisors in every column: md_divide */
+    if (uniform && b0 - a0 >= 2.0) { /* the same divisors in every column */
         const double used = b0 - a0;
-        md_divide(variance, ss, w, used - 1.0);
-        for (size_t x = 0; x < w; x++) ss[x] = k * variance[x] * used;
-        md_divide(variance, ss, w, used * used);
+        md_mean_variances(variance, npix, ss, w, k, used); /* npix: scratch until set */
         for (size_t x = 0; x < w; x++) {
             value[x] = mean[x];
             npix[x] = used;
