@@ -16,6 +16,9 @@ Rows, for each case and method:
   numina-compatible API, each with outputs allocated once and reused
   (``out=``) and with the end-to-end call that allocates them (fresh memory
   costs a page fault per 4 KiB on first touch);
+- for 11 raw frames, median, mean and sigclip also on raw and float32 input
+  by turns in one process: the raw-against-float32 comparison, free of the
+  drift between rows run minutes apart;
 - the peers: numpy.median/mean, bottleneck.nanmedian/nanmean,
   astropy.stats.sigma_clip (+ mean), ccdproc.Combiner and
   numina.array.combine, timed from the list of frames to the combined image.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import datetime
 import importlib
 import importlib.metadata
@@ -107,6 +111,8 @@ TOOL_MODULES = {
     "numina": ("numina.array.combine",),
 }
 FLOOR_KIND = {"float32": 0, "int16-swapped": 1, "uint16": 2, "int16": 3}
+# The raw case's rows that time raw and float32 input in turn, in one process.
+IN_TURN = "megara_dark combine(), raw and float32 in turn"
 
 
 class Skip(Exception):
@@ -124,6 +130,7 @@ class Case:
     methods: tuple
     peers: tuple = ()
     numina_api: bool = False
+    in_turn: tuple = ()  # methods also timed on raw and float32 input in turn
 
 
 @dataclass
@@ -148,6 +155,8 @@ class Row:
     speedup_alloc: float | None = None
     speedup_reuse: float | None = None
     cpu_wait: float | None = None  # fraction of the row's time some task waited for a CPU
+    float32_s: float | None = None  # in-turn rows: float32 input, timed between the raw calls
+    raw_over_float32: float | None = None  # in-turn rows: median of the pairs' ratios
 
     def skip(self, why: str) -> None:
         self.status, self.note = "skipped", why
@@ -162,11 +171,12 @@ def make_cases(threads: int, max_peer_frames: int) -> dict[str, list[Case]]:
     for n in N_SERIES:
         if n == 11:
             peers = ("numpy", "bottleneck", "numina")
-            methods = METHODS[:-1]
+            methods, in_turn = METHODS[:-1], ("median", "mean", "sigclip")
         else:
             peers = ("numpy",) if n <= max_peer_frames else ()
-            methods = ("median", "mean", "sigclip")
-        raw.append(Case(f"{n} x raw int16+BZERO, {threads} thr", "raw", n, threads, methods, peers))
+            methods, in_turn = ("median", "mean", "sigclip"), ()
+        name = f"{n} x raw int16+BZERO, {threads} thr"
+        raw.append(Case(name, "raw", n, threads, methods, peers, in_turn=in_turn))
     return {
         "float32": [
             Case(
@@ -203,6 +213,8 @@ def case_rows(case: Case, common: dict, api_ok: bool, mem_avail: int) -> list[Ro
     for method in case.methods:
         for outputs in ("out= reused", "allocated"):
             rows.append(row(method, "megara_dark combine()", outputs))
+        if method in case.in_turn:
+            rows.append(row(method, IN_TURN, "out= reused"))
         if case.numina_api and method in NUMINA_FUNC:
             for outputs in ("out= reused", "allocated"):
                 r = row(method, "megara_dark numina API", outputs)
@@ -537,6 +549,8 @@ def peer_call(frames, spec):
 
 def child(spec: dict) -> dict:
     """Run one row: set up, note the baseline memory, time the call; return the result."""
+    if spec["tool"] == IN_TURN:
+        return in_turn_child(spec)
     frames = open_frames(spec)
     tool = spec["tool"]
     is_peer = tool in PEER_METHODS
@@ -587,6 +601,38 @@ def child(spec: dict) -> dict:
         "first_call": first_call,
         "base_anon_kib": baseline,
         "value_mean": value_mean,
+    }
+
+
+def in_turn_child(spec: dict) -> dict:
+    """megara_dark combine() with out= on the raw frames and on the same physical values
+    as float32, called in turn (raw, float32, float32, raw, ...) after a warm-up call of
+    each, so that both meet the same state of the machine: 2 x repeats + 1 pairs.  The
+    row's times are the raw calls'; ``float32_times`` the others', in the same order."""
+    importlib.import_module("megara_dark.combine")
+    baseline = rss_anon_kib()
+    calls = {}
+    for kind in ("raw", "float32"):
+        kind_spec = dict(spec, kind=kind)
+        calls[kind] = native_call(open_frames(kind_spec), kind_spec)
+        calls[kind]()
+    times = {"raw": [], "float32": []}
+    cpu_times = []
+    for i in range(2 * spec["repeats"] + 1):
+        for kind in ("raw", "float32") if i % 2 == 0 else ("float32", "raw"):
+            t0, c0 = time.perf_counter(), time.process_time()
+            calls[kind]()
+            times[kind].append(time.perf_counter() - t0)
+            if kind == "raw":
+                cpu_times.append(time.process_time() - c0)
+    return {
+        "status": "ok",
+        "times": times["raw"],
+        "float32_times": times["float32"],
+        "cpu_times": cpu_times,
+        "first_call": None,
+        "base_anon_kib": baseline,
+        "value_mean": None,
     }
 
 
@@ -660,6 +706,14 @@ def run_row(row: Row, timeout: float) -> None:
     row.base_anon_mib = result["base_anon_kib"] / 1024
     row.peak_anon_mib = max(row.peak_anon_mib, row.base_anon_mib)  # polling may miss it
     row.value_mean = result["value_mean"]
+    if "float32_times" in result:
+        pairs = zip(row.times, result["float32_times"], strict=True)
+        row.float32_s = statistics.median(result["float32_times"])
+        row.raw_over_float32 = statistics.median(r / f for r, f in pairs)
+        row.note = (
+            f"float32 {row.float32_s:.3g} s in the same loop; raw ÷ float32 "
+            f"{row.raw_over_float32:.2f} (median of {len(row.times)} pairs)"
+        )
 
 
 def add_ratios(rows: list[Row]) -> None:
@@ -820,6 +874,9 @@ def markdown(rows: list[Row], machine: dict, settings: dict) -> str:
         "**out= reused**: outputs allocated once and passed again (the steady state); "
         "**allocated**: the end-to-end call that allocates its outputs, paying the first touch "
         "of fresh memory (a page fault per 4 KiB, about 3 s/GiB on this kind of machine). "
+        "**raw and float32 in turn**: 11 raw frames and the same values as float32, combined "
+        "by turns in one process (2 x repeats + 1 pairs): the two inputs meet the same state "
+        "of the machine, which rows run minutes apart do not; time: the raw calls. "
         "**peer ÷ md**: the peer's time over megara_dark combine()'s for the same case and "
         "method (allocating or out=); peers are timed from the list of frames to the combined "
         "image (their own stacking included) and always allocate. "
@@ -878,8 +935,17 @@ def targets(rows: list[Row]) -> list[str]:
     for method in ("median", "mean", "sigclip"):
         f32 = find(main, method, "megara_dark combine()", "out= reused")
         raw = find("11 x raw", method, "megara_dark combine()", "out= reused")
+        in_turn = find("11 x raw", method, IN_TURN, "out= reused")
+        parts = [f"raw vs float32 ({method}, out=)"]
         if f32 and raw:
-            out.append(f"raw vs float32 ({method}, out=): {raw.time_s:.3g} s vs {f32.time_s:.3g} s")
+            parts.append(f"rows apart: {raw.time_s:.3g} s vs {f32.time_s:.3g} s")
+        if in_turn:
+            parts.append(
+                f"in turn: {in_turn.time_s:.3g} s vs {in_turn.float32_s:.3g} s, "
+                f"raw ÷ float32 {in_turn.raw_over_float32:.2f}"
+            )
+        if len(parts) > 1:
+            out.append("; ".join(parts))
     big = find("201 x raw", "median", "megara_dark combine()", "allocated")
     if big and big.base_anon_mib is not None:
         planes = 2 * 4 + 2 * 2  # bytes per pixel of the four output planes
@@ -950,7 +1016,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown case group(s) {', '.join(sorted(unknown))}")
     cases = [c for g in groups if g != "recipe" for c in cases_by_group[g]]
     if args.no_peers:
-        cases = [Case(c.name, c.kind, c.n, c.nthreads, c.methods, (), c.numina_api) for c in cases]
+        cases = [dataclasses.replace(c, peers=()) for c in cases]
 
     work = Path(tempfile.mkdtemp(prefix="megara_dark_bench_"))
     data_dir = args.data_dir or work
@@ -960,7 +1026,7 @@ def main(argv=None) -> int:
         machine = machine_info(info, floor_cc)
         log(f"machine: {machine['cpu']}, {machine['cores']} cores; data in {data_dir}")
         n_raw = max((c.n for c in cases if c.kind == "raw"), default=0)
-        n_float = max((c.n for c in cases if c.kind == "float32"), default=0)
+        n_float = max((c.n for c in cases if c.kind == "float32" or c.in_turn), default=0)
         make_frames(data_dir, shape, n_raw, n_float, log)
         common = {
             "data_dir": str(data_dir),
