@@ -13,6 +13,7 @@ hypothesis, so every example is reproducible.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from megara_dark import variance
+
+
+def pytest_configure(config):
+    """A test run that a shell without job control started in the background (``&``)
+    inherits SIGINT ignored, and so would every child process it starts; the tests of
+    Ctrl-C need it handled as in a terminal (KeyboardInterrupt here, the default in the
+    children, which Python then turns into KeyboardInterrupt too)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 settings.register_profile(
     "megara_dark",
