@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import datetime
 import importlib
 import importlib.metadata
@@ -47,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -1016,7 +1015,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown case group(s) {', '.join(sorted(unknown))}")
     cases = [c for g in groups if g != "recipe" for c in cases_by_group[g]]
     if args.no_peers:
-        cases = [dataclasses.replace(c, peers=()) for c in cases]
+        cases = [replace(c, peers=()) for c in cases]
 
     work = Path(tempfile.mkdtemp(prefix="megara_dark_bench_"))
     data_dir = args.data_dir or work
