@@ -100,9 +100,12 @@ PEER_MEMORY_FACTOR = {"numpy": 2.5, "bottleneck": 2.5, "astropy": 6, "ccdproc": 
 # Floor output sets: combine() writes value, variance (float32), npix, nrejected
 # (int16); the numina API writes value, variance, npix into one float32 (3, ny, nx).
 FLOOR_OUTPUTS = {"native": 0, "numina": 1}
+# The raw case's rows that time raw and float32 input in turn, in one process.
+IN_TURN = "megara_dark combine(), raw and float32 in turn"
 # Imported before the baseline memory is taken.
 TOOL_MODULES = {
     "megara_dark combine()": ("megara_dark.combine",),
+    IN_TURN: ("megara_dark.combine",),
     "megara_dark numina API": ("megara_dark.combine",),
     "bottleneck": ("bottleneck",),
     "astropy": ("astropy.stats",),
@@ -110,8 +113,6 @@ TOOL_MODULES = {
     "numina": ("numina.array.combine",),
 }
 FLOOR_KIND = {"float32": 0, "int16-swapped": 1, "uint16": 2, "int16": 3}
-# The raw case's rows that time raw and float32 input in turn, in one process.
-IN_TURN = "megara_dark combine(), raw and float32 in turn"
 
 
 class Skip(Exception):
@@ -548,16 +549,16 @@ def peer_call(frames, spec):
 
 def child(spec: dict) -> dict:
     """Run one row: set up, note the baseline memory, time the call; return the result."""
-    if spec["tool"] == IN_TURN:
+    tool = spec["tool"]
+    for module in TOOL_MODULES.get(tool, ()):
+        importlib.import_module(module)
+    if tool == IN_TURN:
         return in_turn_child(spec)
     frames = open_frames(spec)
-    tool = spec["tool"]
     is_peer = tool in PEER_METHODS
     if is_peer and spec["kind"] == "raw":
         # What astropy hands a user of a raw frame (uint=True): uint16 physical values.
         frames = [(f.astype(np.int32) + BZERO).astype(np.uint16) for f in frames]
-    for module in TOOL_MODULES.get(tool, ()):
-        importlib.import_module(module)
     try:
         if tool.startswith("floor"):
             make = floor_call
@@ -608,7 +609,6 @@ def in_turn_child(spec: dict) -> dict:
     as float32, called in turn (raw, float32, float32, raw, ...) after a warm-up call of
     each, so that both meet the same state of the machine: 2 x repeats + 1 pairs.  The
     row's times are the raw calls'; ``float32_times`` the others', in the same order."""
-    importlib.import_module("megara_dark.combine")
     baseline = rss_anon_kib()
     calls = {}
     for kind in ("raw", "float32"):
