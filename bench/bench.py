@@ -11,7 +11,8 @@ Rows, for each case and method:
 - ``floor``: a minimal OpenMP C loop (``floor.c``, compiled here with the
   system C compiler, ``-O3 -fopenmp``) that reads the N frames once and writes
   the same output planes into memory allocated beforehand; every time is also
-  given as a multiple of it;
+  given as a multiple of it, and megara_dark's out= rows also as the median of
+  call ÷ floor over pairs timed by turns in the row's process;
 - ``megara_dark combine()`` and, when importable, megara_dark's
   numina-compatible API, each with outputs allocated once and reused
   (``out=``) and with the end-to-end call that allocates them (fresh memory
@@ -151,7 +152,8 @@ class Row:
     peak_anon_mib: float | None = None
     base_anon_mib: float | None = None
     value_mean: float | None = None
-    x_floor: float | None = None
+    x_floor: float | None = None  # time_s over the case's floor row (run apart)
+    x_floor_in_turn: float | None = None  # median of call ÷ floor, timed by turns
     speedup_alloc: float | None = None
     speedup_reuse: float | None = None
     cpu_wait: float | None = None  # fraction of the row's time some task waited for a CPU
@@ -211,13 +213,13 @@ def case_rows(case: Case, common: dict, api_ok: bool, mem_avail: int) -> list[Ro
     if case.numina_api:
         rows.append(row("—", "floor (numina planes)", "preallocated", floor_outputs="numina"))
     for method in case.methods:
-        for outputs in ("out= reused", "allocated"):
-            rows.append(row(method, "megara_dark combine()", outputs))
+        rows.append(row(method, "megara_dark combine()", "out= reused", floor_in_turn="native"))
+        rows.append(row(method, "megara_dark combine()", "allocated"))
         if method in case.in_turn:
             rows.append(row(method, IN_TURN, "out= reused"))
         if case.numina_api and method in NUMINA_FUNC:
-            for outputs in ("out= reused", "allocated"):
-                r = row(method, "megara_dark numina API", outputs)
+            for outputs, extra in (("out= reused", {"floor_in_turn": "numina"}), ("allocated", {})):
+                r = row(method, "megara_dark numina API", outputs, **extra)
                 if not api_ok:
                     r.skip("megara_dark's numina-compatible API not importable")
                 rows.append(r)
@@ -394,8 +396,19 @@ def rss_anon_kib(pid: int | str = "self") -> int:
     return 0
 
 
-def floor_call(frames, spec):
-    """The floor loop on these frames, writing into planes allocated here, once."""
+def output_planes(shape, layout: str):
+    """Output planes allocated once (FLOOR_OUTPUTS' layouts): for combine() (``native``)
+    value, variance (float32), npix, nrejected (int16); for the numina API
+    (``numina``) one float32 array (3, ny, nx): value, variance, npix."""
+    if layout == "numina":
+        return np.empty((3, *shape), np.float32)
+    f32, i16 = np.float32, np.int16
+    return tuple(np.empty(shape, dtype) for dtype in (f32, f32, i16, i16))
+
+
+def floor_call(frames, spec, planes=None):
+    """The floor loop on these frames, writing into planes (output_planes() for
+    spec["floor_outputs"]; allocated here, once, when not given)."""
     lib = ctypes.CDLL(spec["floor_lib"])
     fn = lib.bench_floor
     fn.restype = ctypes.c_int
@@ -419,11 +432,12 @@ def floor_call(frames, spec):
     if not all(f.flags.c_contiguous for f in frames):
         raise Skip("floor needs C-contiguous frames")
     ptrs = (ctypes.c_void_p * len(frames))(*[f.ctypes.data for f in frames])
-    shape = frames[0].shape
-    outputs = FLOOR_OUTPUTS[spec["floor_outputs"]]
-    value, variance = np.empty(shape, np.float32), np.empty(shape, np.float32)
-    counts = np.empty(shape, np.int16 if outputs == 0 else np.float32)
-    nrejected = np.empty(shape, np.int16) if outputs == 0 else None
+    layout = spec["floor_outputs"]
+    if planes is None:
+        planes = output_planes(frames[0].shape, layout)
+    outputs = FLOOR_OUTPUTS[layout]
+    value, variance, counts = planes[0], planes[1], planes[2]
+    nrejected = planes[3] if outputs == 0 else None
     bzero = BZERO if spec["kind"] == "raw" else 0.0
     args = (
         ptrs,
@@ -439,9 +453,7 @@ def floor_call(frames, spec):
         spec["nthreads"],
     )
 
-    planes = (value, variance, counts, nrejected)  # alive as long as call is
-
-    def call():
+    def call():  # keeps the planes alive as long as it is
         if fn(*args) != 0:
             raise RuntimeError("bench_floor failed")
         return planes[0]
@@ -449,8 +461,9 @@ def floor_call(frames, spec):
     return call
 
 
-def native_call(frames, spec):
-    """megara_dark.combine.combine() with reused or freshly allocated outputs."""
+def native_call(frames, spec, planes=None):
+    """megara_dark.combine.combine() with reused or freshly allocated outputs (out=:
+    ``planes``, output_planes() for ``native``, or allocated here, once)."""
     from megara_dark.combine import CombineResult, combine
 
     method = spec["method"]
@@ -459,13 +472,9 @@ def native_call(frames, spec):
         kw["bzero"] = BZERO
     if spec["outputs"] == "allocated":
         return lambda: combine(frames, method, **kw).data
-    shape = frames[0].shape
-    out = CombineResult(
-        np.empty(shape, np.float32),
-        np.empty(shape, np.float32),
-        np.empty(shape, np.int16),
-        np.empty(shape, np.int16),
-    )
+    if planes is None:
+        planes = output_planes(frames[0].shape, "native")
+    out = CombineResult(*planes)
     return lambda: combine(frames, method, out=out, **kw).data
 
 
@@ -481,15 +490,17 @@ def numina_api_module():
         return None
 
 
-def numina_style_call(module, frames, spec):
-    """A numina-style function (numina's own or megara_dark's), dtype float32."""
+def numina_style_call(module, frames, spec, out=None):
+    """A numina-style function (numina's own or megara_dark's), dtype float32 (out=:
+    ``out``, output_planes() for ``numina``, or allocated here, once)."""
     name, kw = NUMINA_FUNC[spec["method"]]
     fn = getattr(module, name)
     if spec["outputs"] == "allocated":
         return lambda: fn(frames, dtype="float32", **kw)[0]
     if "out" not in inspect.signature(fn).parameters:
         raise Skip(f"{name}() takes no out= (as numina's)")
-    out = np.empty((3, *frames[0].shape), np.float32)
+    if out is None:
+        out = output_planes(frames[0].shape, "numina")
     return lambda: fn(frames, dtype="float32", out=out, **kw)[0]
 
 
@@ -559,20 +570,22 @@ def child(spec: dict) -> dict:
     if is_peer and spec["kind"] == "raw":
         # What astropy hands a user of a raw frame (uint=True): uint16 physical values.
         frames = [(f.astype(np.int32) + BZERO).astype(np.uint16) for f in frames]
+    # A row with out= is also timed by turns with the floor, writing the same planes.
+    layout = spec.get("floor_in_turn")
     try:
+        baseline = rss_anon_kib()
+        planes = output_planes(frames[0].shape, layout) if layout else None
         if tool.startswith("floor"):
-            make = floor_call
+            call = floor_call(frames, spec)
         elif tool == "megara_dark combine()":
-            make = native_call
+            call = native_call(frames, spec, planes)
         elif tool == "megara_dark numina API":
             module = numina_api_module()
             if module is None:
                 raise Skip("megara_dark's numina-compatible API not importable")
-            make = lambda f, s: numina_style_call(module, f, s)  # noqa: E731
+            call = numina_style_call(module, frames, spec, planes)
         else:
-            make = peer_call
-        baseline = rss_anon_kib()
-        call = make(frames, spec)
+            call = peer_call(frames, spec)
     except Skip as why:
         return {"status": "skipped", "note": str(why)}
     # megara_dark and the floor get one untimed warm-up call (it maps the input pages,
@@ -594,7 +607,7 @@ def child(spec: dict) -> dict:
             cpu_times.append(cpu)
         if first_call > spec["slow"]:
             break
-    return {
+    result = {
         "status": "ok",
         "times": times,
         "cpu_times": cpu_times,
@@ -602,33 +615,46 @@ def child(spec: dict) -> dict:
         "base_anon_kib": baseline,
         "value_mean": value_mean,
     }
+    if layout and first_call <= spec["slow"]:
+        floor = floor_call(frames, dict(spec, floor_outputs=layout), planes)
+        floor()
+        turns, _ = by_turns({"call": call, "floor": floor}, 2 * spec["repeats"] + 1)
+        result["in_turn_times"], result["floor_in_turn_times"] = turns["call"], turns["floor"]
+    return result
+
+
+def by_turns(calls: dict, pairs: int) -> tuple[dict, dict]:
+    """Call two calls (a dict of two) by turns, (a, b), (b, a), (a, b), ..., pairs times
+    each, so that both meet the same state of the machine.  Returns the wall times and
+    the CPU times (all threads) of each, in call order, by name."""
+    names = list(calls)
+    times = {name: [] for name in names}
+    cpu_times = {name: [] for name in names}
+    for i in range(pairs):
+        for name in names if i % 2 == 0 else names[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+            cpu_times[name].append(time.process_time() - c0)
+    return times, cpu_times
 
 
 def in_turn_child(spec: dict) -> dict:
     """megara_dark combine() with out= on the raw frames and on the same physical values
-    as float32, called in turn (raw, float32, float32, raw, ...) after a warm-up call of
-    each, so that both meet the same state of the machine: 2 x repeats + 1 pairs.  The
-    row's times are the raw calls'; ``float32_times`` the others', in the same order."""
+    as float32, called by turns after a warm-up call of each: 2 x repeats + 1 pairs.
+    The row's times are the raw calls'; ``float32_times`` the others', in the same order."""
     baseline = rss_anon_kib()
     calls = {}
     for kind in ("raw", "float32"):
         kind_spec = dict(spec, kind=kind)
         calls[kind] = native_call(open_frames(kind_spec), kind_spec)
         calls[kind]()
-    times = {"raw": [], "float32": []}
-    cpu_times = []
-    for i in range(2 * spec["repeats"] + 1):
-        for kind in ("raw", "float32") if i % 2 == 0 else ("float32", "raw"):
-            t0, c0 = time.perf_counter(), time.process_time()
-            calls[kind]()
-            times[kind].append(time.perf_counter() - t0)
-            if kind == "raw":
-                cpu_times.append(time.process_time() - c0)
+    times, cpu_times = by_turns(calls, 2 * spec["repeats"] + 1)
     return {
         "status": "ok",
         "times": times["raw"],
         "float32_times": times["float32"],
-        "cpu_times": cpu_times,
+        "cpu_times": cpu_times["raw"],
         "first_call": None,
         "base_anon_kib": baseline,
         "value_mean": None,
@@ -705,6 +731,9 @@ def run_row(row: Row, timeout: float) -> None:
     row.base_anon_mib = result["base_anon_kib"] / 1024
     row.peak_anon_mib = max(row.peak_anon_mib, row.base_anon_mib)  # polling may miss it
     row.value_mean = result["value_mean"]
+    if "in_turn_times" in result:
+        pairs = zip(result["in_turn_times"], result["floor_in_turn_times"], strict=True)
+        row.x_floor_in_turn = statistics.median(c / f for c, f in pairs)
     if "float32_times" in result:
         pairs = zip(row.times, result["float32_times"], strict=True)
         row.float32_s = statistics.median(result["float32_times"])
@@ -835,6 +864,7 @@ COLUMNS = [
     ("CPU [s]", lambda r: fmt(r.cpu_s)),
     ("1st call [s]", lambda r: fmt(r.first_call_s)),
     ("x floor", lambda r: fmt(r.x_floor, 3, "x")),
+    ("x floor, in turn", lambda r: fmt(r.x_floor_in_turn, 3, "x")),
     ("peer ÷ md (alloc)", lambda r: fmt(r.speedup_alloc, 3, "x")),
     ("peer ÷ md (out=)", lambda r: fmt(r.speedup_reuse, 3, "x")),
     ("peak anon [MiB]", lambda r: fmt(r.peak_anon_mib) if r.status == "ok" else ""),
@@ -867,6 +897,10 @@ def markdown(rows: list[Row], machine: dict, settings: dict) -> str:
         "**floor**: a minimal OpenMP C loop that reads the N frames once and writes the same "
         "output planes (combine(): value + variance float32, npix + nrejected int16; numina "
         "API: one float32 (3, ny, nx) array) into memory allocated beforehand. "
+        "**x floor, in turn**: for out= rows, the median of call ÷ floor over "
+        f"{2 * settings['repeats'] + 1} pairs timed by turns in the row's process, the "
+        "floor writing the same output planes (x floor divides by the case's floor row, "
+        "run apart). "
         "**1st call**: the first call in a fresh process (input pages mapped, one-off "
         "caches filled: megara_dark calibrates a clipping method's variance factors on its "
         "first use). "
@@ -919,10 +953,10 @@ def targets(rows: list[Row]) -> list[str]:
         api = find(main, method, "megara_dark numina API", "out= reused")
         native = find(main, method, "megara_dark combine()", "out= reused")
         parts = [f"{method}: target ≤ {limit}x floor"]
-        if api and api.x_floor:
-            parts.append(f"numina API out= {api.x_floor:.2f}x")
-        if native and native.x_floor:
-            parts.append(f"combine() out= {native.x_floor:.2f}x")
+        for name, r in (("numina API", api), ("combine()", native)):
+            if r and r.x_floor:
+                turns = f" ({r.x_floor_in_turn:.2f}x in turn)" if r.x_floor_in_turn else ""
+                parts.append(f"{name} out= {r.x_floor:.2f}x{turns}")
         out.append("; ".join(parts))
     for peer, limit in (("numina", 100), ("ccdproc", 300)):
         r = find(main, "median", peer, "allocated")
