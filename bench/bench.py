@@ -25,8 +25,9 @@ Rows, for each case and method:
   numina.array.combine, timed from the list of frames to the combined image.
 
 ``--quick`` runs every code path on tiny frames once: a smoke test, not a
-measurement.  Times are medians of several runs on a machine that may be
-shared, so read them as +-10 %.
+measurement, which exits with status 1 when a row failed (CI runs it).  Times
+are medians of several runs on a machine that may be shared, so read them as
++-10 %.
 """
 
 from __future__ import annotations
@@ -999,7 +1000,11 @@ def targets(rows: list[Row]) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny frames, one run: a smoke test")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny frames, one run: a smoke test (exit status 1 when a row failed)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="runs of megara_dark and the floor")
     parser.add_argument("--peer-repeats", type=int, default=3, help="runs of a peer")
     parser.add_argument(
@@ -1116,7 +1121,10 @@ def main(argv=None) -> int:
     }
     (args.results / f"bench-{stamp}.json").write_text(json.dumps(doc, indent=1) + "\n")
     log(f"written: {args.results / f'bench-{stamp}.md'} and .json")
-    return 0
+    failed = [r for r in rows if r.status == "failed"]
+    for r in failed:
+        log(f"FAILED: {r.case} · {r.method} · {r.tool} · {r.outputs}: {r.note}")
+    return 1 if args.quick and failed else 0
 
 
 if __name__ == "__main__":
