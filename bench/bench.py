@@ -102,6 +102,9 @@ PEER_MEMORY_FACTOR = {"numpy": 2.5, "bottleneck": 2.5, "astropy": 6, "ccdproc": 
 # Floor output sets: combine() writes value, variance (float32), npix, nrejected
 # (int16); the numina API writes value, variance, npix into one float32 (3, ny, nx).
 FLOOR_OUTPUTS = {"native": 0, "numina": 1}
+# The floor row of each output set, and the set each megara_dark tool writes.
+FLOOR_TOOL = {"native": "floor", "numina": "floor (numina planes)"}
+FLOOR_LAYOUT = {"megara_dark combine()": "native", "megara_dark numina API": "numina"}
 # The raw case's rows that time raw and float32 input in turn, in one process.
 IN_TURN = "megara_dark combine(), raw and float32 in turn"
 # Imported before the baseline memory is taken.
@@ -210,17 +213,16 @@ def case_rows(case: Case, common: dict, api_ok: bool, mem_avail: int) -> list[Ro
             dict(spec, method=method, tool=tool, outputs=outputs, **extra),
         )
 
-    rows = [row("—", "floor", "preallocated", floor_outputs="native")]
-    if case.numina_api:
-        rows.append(row("—", "floor (numina planes)", "preallocated", floor_outputs="numina"))
+    layouts = ("native", "numina") if case.numina_api else ("native",)
+    rows = [row("—", FLOOR_TOOL[k], "preallocated", floor_outputs=k) for k in layouts]
     for method in case.methods:
-        rows.append(row(method, "megara_dark combine()", "out= reused", floor_in_turn="native"))
-        rows.append(row(method, "megara_dark combine()", "allocated"))
+        for outputs in ("out= reused", "allocated"):
+            rows.append(row(method, "megara_dark combine()", outputs))
         if method in case.in_turn:
             rows.append(row(method, IN_TURN, "out= reused"))
         if case.numina_api and method in NUMINA_FUNC:
-            for outputs, extra in (("out= reused", {"floor_in_turn": "numina"}), ("allocated", {})):
-                r = row(method, "megara_dark numina API", outputs, **extra)
+            for outputs in ("out= reused", "allocated"):
+                r = row(method, "megara_dark numina API", outputs)
                 if not api_ok:
                     r.skip("megara_dark's numina-compatible API not importable")
                 rows.append(r)
@@ -571,8 +573,8 @@ def child(spec: dict) -> dict:
     if is_peer and spec["kind"] == "raw":
         # What astropy hands a user of a raw frame (uint=True): uint16 physical values.
         frames = [(f.astype(np.int32) + BZERO).astype(np.uint16) for f in frames]
-    # A row with out= is also timed by turns with the floor, writing the same planes.
-    layout = spec.get("floor_in_turn")
+    # megara_dark's out= rows are also timed by turns with their floor, on the same planes.
+    layout = FLOOR_LAYOUT.get(tool) if spec["outputs"] == "out= reused" else None
     try:
         baseline = rss_anon_kib()
         planes = output_planes(frames[0].shape, layout) if layout else None
@@ -751,7 +753,7 @@ def add_ratios(rows: list[Row]) -> None:
     for r in rows:
         if r.status != "ok":
             continue
-        floor_tool = "floor (numina planes)" if r.tool == "megara_dark numina API" else "floor"
+        floor_tool = FLOOR_TOOL[FLOOR_LAYOUT.get(r.tool, "native")]
         floor = by_key.get((r.case, "—", floor_tool, "preallocated"))
         if floor:
             r.x_floor = r.time_s / floor.time_s
