@@ -212,7 +212,9 @@ def test_float32_planes_are_the_float64_planes_rounded(frame_set, fast_calibrati
 
 PATH_CASES = [
     ("sigclip", {}),
+    ("sigclip", {"maxiters": 1, "low": 1.0, "high": 1.0}),  # the first pass is the last
     ("sigclip", {"maxiters": 2, "low": 1.0, "high": 1.5}),
+    ("sigclip", {"maxiters": 3, "low": 1.0, "high": 1.0}),
     ("sigclip", {"spread": "std", "low": 1.0, "high": 1.5}),
     ("sigclip", {"centre": "mean", "spread": "std", "low": 1.0, "high": 1.0}),
     ("sigclip", {"low": 0.5, "high": 0.5}),  # runs cut down to one value
