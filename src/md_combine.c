@@ -37,10 +37,10 @@
 
 #include "md_internal.h"
 
-/* Arrays of the rejection scratch, in queue capacities: c, s, tmp, lo, hi,
- * moving, low, high, below, above, results (4), qlo and qhi; then the index
- * arrays done and qx, as wide as doubles. */
-#define MD_VCLIP_DOUBLES 18
+/* Arrays of the rejection scratch, in its capacities: c, s, tmp, lo, hi,
+ * moving, low, high, below, above and results (4); then the index arrays
+ * done, order and offset, as wide as doubles. */
+#define MD_VCLIP_DOUBLES 17
 
 /* Capacity of the rejection queue, in tile widths. */
 #define MD_QUEUE_TILES 8
@@ -215,7 +215,8 @@ typedef struct workspace {
     double *value, *variance, *npix, *nrej;     /* tw results */
     double *pv, *pw;     /* nframes values/weights of one pixel */
     md_vclip_scratch vc; /* rejection across columns (md_vclip.c) */
-    double *vc_doubles;  /* memory of vc */
+    double *vc_doubles;  /* memory of vc ... */
+    double *vc_queue;    /* ... and of its queue */
     int have_sums;       /* the tile is clean and swx holds its column sums */
     int skip, backoff;   /* tiles gather_clean skips, and how many after a miss */
     int all_used;        /* npix = nframes and nrejected = 0: npix/nrej not set */
@@ -231,6 +232,7 @@ static void workspace_free(workspace *ws)
     free(ws->pv);
     free(ws->pw);
     free(ws->vc_doubles);
+    free(ws->vc_queue);
     free(ws->vc.dev_rows);
     memset(ws, 0, sizeof *ws);
 }
@@ -239,10 +241,9 @@ static void workspace_free(workspace *ws)
 static void vclip_layout(workspace *ws, size_t nframes, size_t cap)
 {
     md_vclip_scratch *vc = &ws->vc;
-    double **arrays[] = {&vc->c,    &vc->s,     &vc->tmp,     &vc->lo,  &vc->hi,
-                         &vc->moving, &vc->low, &vc->high,   &vc->below, &vc->above,
-                         &vc->results, &vc->qlo, &vc->qhi};
-    const size_t lengths[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1};
+    double **arrays[] = {&vc->c,      &vc->s,   &vc->tmp,  &vc->lo,    &vc->hi,   &vc->moving,
+                         &vc->low,    &vc->high, &vc->below, &vc->above, &vc->results};
+    const size_t lengths[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4};
     double *next = ws->vc_doubles;
     for (size_t k = 0; k < sizeof arrays / sizeof arrays[0]; k++) {
         *arrays[k] = next;
@@ -250,13 +251,13 @@ static void vclip_layout(workspace *ws, size_t nframes, size_t cap)
     }
     _Static_assert(sizeof(size_t) <= sizeof(double), "an index fits where a double does");
     vc->done = (size_t *)(void *)next;
-    vc->qx = (size_t *)(void *)(next + cap);
-    next += 2 * cap;
+    vc->order = vc->done + cap;
+    vc->offset = vc->order + cap;
+    next += 3 * cap;
     for (size_t i = 0; i < nframes; i++) vc->dev_rows[i] = next + i * cap;
-    vc->queue = next + nframes * cap;
     vc->capacity = cap;
-    vc->queued = 0;
     vc->pv = ws->pv;
+    if (ws->vc_queue) md_vclip_queue_layout(vc, nframes, ws->vc_queue);
 }
 
 /* n zeroed doubles on a cache-line boundary (vector loads and stores of a
@@ -269,8 +270,9 @@ static double *alloc_doubles(size_t n)
 }
 
 /* tw is a multiple of MD_STRIP; memory is zeroed so padding is defined.
- * cap: columns of the rejection scratch (md_vclip.c), 0 when it is not used. */
-static int workspace_alloc(workspace *ws, size_t nframes, size_t tw, size_t cap)
+ * cap: columns of the rejection scratch (md_vclip.c), 0 when it is not used;
+ * queue: whether it has a queue (not zeroed: only its columns are read). */
+static int workspace_alloc(workspace *ws, size_t nframes, size_t tw, size_t cap, int queue)
 {
     memset(ws, 0, sizeof *ws);
     ws->tw = tw;
@@ -285,11 +287,16 @@ static int workspace_alloc(workspace *ws, size_t nframes, size_t tw, size_t cap)
     ws->pv = malloc(nframes * sizeof(double));
     ws->pw = malloc(nframes * sizeof(double));
     if (cap) {
-        ws->vc_doubles = alloc_doubles((MD_VCLIP_DOUBLES + 2 * nframes) * cap);
+        ws->vc_doubles = alloc_doubles((MD_VCLIP_DOUBLES + nframes) * cap);
         ws->vc.dev_rows = malloc(nframes * sizeof(double *));
     }
+    if (cap && queue) {
+        void *q = NULL;
+        const size_t bytes = md_vclip_queue_doubles(nframes, cap) * sizeof(double);
+        ws->vc_queue = posix_memalign(&q, 64, bytes) == 0 ? q : NULL;
+    }
     if (!ws->tile || !ws->rows || !ws->mask || !ws->bias || !ws->pv || !ws->pw
-        || (cap && (!ws->vc_doubles || !ws->vc.dev_rows))) {
+        || (cap && (!ws->vc_doubles || !ws->vc.dev_rows)) || (cap && queue && !ws->vc_queue)) {
         workspace_free(ws);
         return MD_ERR_NOMEM;
     }
@@ -730,7 +737,8 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
 #endif
     {
         workspace ws;
-        const int ws_status = workspace_alloc(&ws, in->nframes, tw, vclip_cap);
+        const int queue = iterates && in->nframes > 1; /* one frame never moves */
+        const int ws_status = workspace_alloc(&ws, in->nframes, tw, vclip_cap, queue);
         ws.vc.kernels = kernels_for(in->nframes);
         ws.vc.sort = use_net ? &net : NULL;
         if (ws_status != MD_OK) {

@@ -114,33 +114,31 @@ void md_sort(double *v, double *wt, size_t n);
 
 /*
  * For N <= MD_KERNEL_MAX_FRAMES frames and a tile whose N rows hold no bad
- * value: the median and the full sort of every column, with the column's
- * values in registers.  Same bits as the generic paths.
+ * value: the median and the full sort of every column, and sigclip's passes
+ * on sorted columns, with the column's values in registers.  Same bits as the
+ * generic paths.
  */
 #define MD_KERNEL_MAX_FRAMES 24
 
-/* Arguments of a first clipping pass (md_kclip_*): the clip limits and the
- * spread's floor (md_params), and per column the run left by the pass,
- * whether it moved (1.0) or stopped (0.0), and the mean and the sum of
- * squared deviations from it of all its values (md_vclip.c's run_means and
- * mean_of_runs for the run [0, n), bit for bit). */
+/* Arguments of a clipping pass (md_kpass_*) on columns of N sorted values:
+ * the clip limits and the spread's floor (md_params), and per column the run
+ * left by the pass, whether it moved (1.0) or stopped (0.0), and the mean and
+ * the sum of squared deviations from it of its N values (md_vclip.c's
+ * run_means and run_sumsq, bit for bit). */
 typedef struct md_clip_args {
     double low, high, floor;
     double *lo, *hi, *moving, *mean, *sumsq;
 } md_clip_args;
 
-typedef void (*md_clip_kernel)(double *const *rows, size_t w, const md_clip_args *a);
+typedef void (*md_clip_kernel)(const double *const *rows, size_t w, const md_clip_args *a);
 
 typedef struct md_kernels {
     void (*median)(double *const *rows, size_t w, double *value);
     void (*sort)(double *const *rows, size_t w);
-    /* Sort, then the first pass of sigclip with centre median and spread
-     * MAD (clip_mad) or centre mean and spread std (clip_std); NULL below
-     * 3 frames. */
-    md_clip_kernel clip_mad, clip_std;
-    /* A later pass of the same on sorted columns, each with its own run
-     * [a->lo[x], a->hi[x]) (updated), read and not changed; a->mean and
-     * a->sumsq get those of the run before the pass.  NULL below 3 frames. */
+    /* A pass of sigclip with centre median and spread MAD (pass_mad) or
+     * centre mean and spread std (pass_std) on sorted columns, read and not
+     * changed: a sorted tile, or a bucket of md_vclip.c's queue, whose
+     * columns each hold a run of N values.  NULL below 3 frames. */
     md_clip_kernel pass_mad, pass_std;
 } md_kernels;
 
@@ -153,24 +151,40 @@ void md_sort_columns(const md_kernels *kernels, const md_network *net, double *c
 
 /* ---- md_vclip.c: rejection methods across a tile's columns ---------------- */
 
+/* A bucket of md_vclip.c's queue: `count` columns whose runs hold m values,
+ * copied to rows 0 .. m - 1 (row stride: the scratch's capacity). */
+typedef struct md_bucket {
+    double *v;      /* m rows of the runs */
+    double *ss_all; /* per column: the squared deviations of all its n values from their mean */
+    size_t *x;      /* per column: its column in the output row */
+    size_t *passes; /* per column: the clipping passes it has had */
+    size_t count;
+} md_bucket;
+
 /* Scratch of md_vclip_tile and md_vclip_flush, for tiles of n rows and up to
  * `capacity` columns, and a queue of as many columns. */
 typedef struct md_vclip_scratch {
     const md_kernels *kernels; /* kernels for n frames, or NULL ... */
     const md_network *sort;    /* ... then this full sorting network */
-    size_t capacity;           /* columns of the arrays below; stride of dev and queue */
+    size_t capacity;           /* columns of the arrays below; stride of dev and buckets */
     double **dev_rows;         /* n rows of deviations from the centres */
     double *c, *s, *tmp, *lo, *hi, *moving;        /* capacity each */
     double *low, *high, *below, *above;            /* capacity each */
-    size_t *done;                                  /* capacity column indices */
+    size_t *done, *order, *offset;                 /* capacity column indices each */
     double *results;                               /* 4 x capacity */
-    double *queue;             /* n rows of the queued columns ... */
-    double *qlo, *qhi;         /* ... their runs ... */
-    size_t *qx;                /* ... and columns (all in one row) */
+    double *queue;             /* memory of the buckets, NULL when there is no queue */
+    md_bucket bucket[MD_KERNEL_MAX_FRAMES];        /* bucket[m]: runs of m values, m < n */
     double *pv;                /* n values of one column (more frames than kernels) */
-    size_t queued;             /* columns in the queue */
+    size_t queued;             /* columns in the buckets */
     double fewest;             /* smallest npix stored by md_vclip_flush */
 } md_vclip_scratch;
+
+/* Doubles of the queue's memory for n frames and `capacity` columns. */
+size_t md_vclip_queue_doubles(size_t n, size_t capacity);
+
+/* Point the buckets of sc (its capacity set) into `queue`, of
+ * md_vclip_queue_doubles(n, capacity) doubles, not necessarily zeroed. */
+void md_vclip_queue_layout(md_vclip_scratch *sc, size_t n, double *queue);
 
 /*
  * MD_SIGCLIP (unweighted), MD_CCDCLIP, MD_MINMAX or MD_QUANTILECLIP for a tile

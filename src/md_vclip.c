@@ -5,26 +5,28 @@
  * sorted column are a run of rows [lo, hi).  minmax and quantileclip keep the
  * same run in every column.  sigclip and ccdclip run their first pass across
  * all the columns of a tile (for sigclip's median/MAD and mean/std and up to
- * MD_KERNEL_MAX_FRAMES frames, md_kernels.c's md_kclip_* sort the tile and run
- * it with each column in registers), whose results are stored with the tile.
- * Up to MD_KERNEL_MAX_FRAMES frames, the columns that pass moved are copied to
- * a queue that collects them from tile after tile (with more frames, each
- * continues alone, in md_reduce.c).  When it is full, and at the end of each
- * row, the queue is flushed: the next passes run across the queued
- * columns (for those two pairs, by md_kernels.c's md_kpass_*), those that
- * stop are stored (their results replacing the tile's) and leave the queue.
- * A pass over a few hundred queued columns costs little more than their
- * arithmetic, where a pass over the few columns of one tile that still move
- * would mostly cost its loops' overhead.
+ * MD_KERNEL_MAX_FRAMES frames, by md_kernels.c's md_kpass_*, with each column
+ * in registers), whose results are stored with the tile.
+ * Up to MD_KERNEL_MAX_FRAMES frames, the run of each column that the pass
+ * moved is copied to a queue that collects them from tile after tile, into
+ * the bucket of its length m, rows 0 .. m - 1 (with more frames, each column
+ * continues alone, in md_reduce.c).  When the queue is full, and at the end of
+ * each row, it is flushed: bucket by bucket, from the longest runs down, the
+ * next pass runs across the bucket's columns (for sigclip's two pairs, by
+ * md_kernels.c's md_kpass_* for m values), whose runs are all [0, m): the
+ * same rows in every column.  The columns that stop are stored; those that
+ * move go to the bucket of their new, shorter run, which the same flush
+ * takes later.  A pass over a bucket's few hundred columns costs little more
+ * than their arithmetic, where a pass over the few columns of one tile that
+ * still move would mostly cost its loops' overhead.
  *
  * The arithmetic repeats md_reduce.c's operation for operation, so a pixel
  * gets the same bits whichever path computes it, in whichever batch.
  *
- * Rows of w columns are read from v[i * stride + x] (the tile, or the
- * queue).  Runs, flags and counts are held in doubles, so every loop runs on
- * one type of vector lane.  With `uniform`, every column has the run
- * [lo[0], hi[0]) and loops do not read lo and hi per column; the functions
- * that take it are inlined into callers that pass a constant.
+ * Rows of w columns are read from v[i * stride + x] (the tile, or a bucket).
+ * Every loop below takes the same run of rows [a, b) in all its columns.
+ * Runs, flags and counts are held in doubles, so every loop runs on one type
+ * of vector lane.
  */
 #include <math.h>
 
@@ -32,191 +34,121 @@
 
 #define MD_INLINE static inline __attribute__((always_inline))
 
-/* Start and end of the run of column x (a0, b0: those of column 0). */
-MD_INLINE double run_lo(const double *lo, double a0, size_t x, int uniform)
-{
-    return uniform ? a0 : lo[x];
-}
-
-MD_INLINE double run_hi(const double *hi, double b0, size_t x, int uniform)
-{
-    return uniform ? b0 : hi[x];
-}
-
-/* Whether row lies in the run of column x.  Loops over rows with uniform
- * runs visit only the rows of the run, [lo[0], hi[0]), so it needs no test. */
-MD_INLINE int in_run(double row, const double *lo, const double *hi, size_t x, int uniform)
-{
-    return uniform || ((row >= lo[x]) & (row < hi[x]));
-}
-
-/* Means of the runs: (sum of rows lo[x] .. hi[x] - 1, in order) / (hi[x] - lo[x]). */
-MD_INLINE void run_means(const double *v, size_t stride, int n, size_t w,
-                         const double *restrict lo, const double *restrict hi, int uniform,
+/* mean[x] = (sum of rows a .. b - 1 of column x, in order) / (b - a). */
+MD_INLINE void run_means(const double *v, size_t stride, int a, int b, size_t w,
                          double *restrict mean)
 {
-    const double a0 = lo[0], b0 = hi[0];
-    const int first = uniform ? (int)a0 : 0, last = uniform ? (int)b0 : n;
     for (size_t x = 0; x < w; x++) mean[x] = 0.0;
-    for (int i = first; i < last; i++) {
+    for (int i = a; i < b; i++) {
         const double *restrict r = v + (size_t)i * stride;
-        const double row = i;
-        for (size_t x = 0; x < w; x++)
-            mean[x] = in_run(row, lo, hi, x, uniform) ? mean[x] + r[x] : mean[x];
+        for (size_t x = 0; x < w; x++) mean[x] += r[x];
     }
-    for (size_t x = 0; x < w; x++)
-        mean[x] = mean[x] / (run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform));
+    const double used = b - a;
+    for (size_t x = 0; x < w; x++) mean[x] = mean[x] / used;
 }
 
-/* Whether any of the runs [lo[x], hi[x]) of w columns holds fewer than two rows. */
-MD_INLINE int any_short_run(const double *restrict lo, const double *restrict hi, size_t w)
+/* ss[x] = sum over rows a .. b - 1 of (value - mean[x])^2, in order. */
+MD_INLINE void run_sumsq(const double *v, size_t stride, int a, int b, size_t w,
+                         const double *restrict mean, double *restrict ss)
 {
-    int short_runs = 0;
-    for (size_t x = 0; x < w; x++) short_runs |= hi[x] - lo[x] < 2.0;
-    return short_runs;
+    for (size_t x = 0; x < w; x++) ss[x] = 0.0;
+    for (int i = a; i < b; i++) {
+        const double *restrict r = v + (size_t)i * stride;
+        for (size_t x = 0; x < w; x++) {
+            const double d = r[x] - mean[x];
+            ss[x] += d * d;
+        }
+    }
 }
 
 /*
- * md_reduce.c's mean_of_run, last step: from the means and the sums of
- * squared deviations ss of the runs [lo[x], hi[x]) (of all n values for runs
- * shorter than two), the value, variance, npix and nrejected of every column.
+ * md_reduce.c's mean_of_run, last step, for w columns of n values whose runs
+ * hold m values each: from the means of the runs and their sums of squared
+ * deviations ss (for runs shorter than two: those of all n values, about
+ * their own mean), the value, variance, npix and nrejected of every column.
  */
-MD_INLINE void finish_runs(const md_params *p, int n, size_t w, const double *restrict lo,
-                           const double *restrict hi, int uniform, const double *restrict mean,
+MD_INLINE void finish_runs(const md_params *p, int n, int m, size_t w, const double *restrict mean,
                            const double *restrict ss, double *restrict value,
-                           double *restrict variance, double *restrict npix,
-                           double *restrict nrej)
+                           double *restrict variance, double *restrict npix, double *restrict nrej)
 {
-    const double k = p->var_factor[n], nd = n, a0 = lo[0], b0 = hi[0], fill = p->fill;
-    if (uniform && b0 - a0 >= 2.0) { /* the same divisors in every column */
-        const double used = b0 - a0;
+    const double k = p->var_factor[n], used = m, fill = p->fill;
+    if (m >= 2) {
         md_mean_variances(variance, npix, ss, w, k, used); /* npix: scratch until set */
+        for (size_t x = 0; x < w; x++) value[x] = mean[x];
+    } else { /* the variance comes from all n values */
         for (size_t x = 0; x < w; x++) {
-            value[x] = mean[x];
-            npix[x] = used;
-            nrej[x] = n - used;
+            const double s2 = n >= 2 ? ss[x] / (n - 1.0) : NAN; /* sw - sww / sw, weights 1 */
+            value[x] = m > 0 ? mean[x] : fill;
+            variance[x] = m > 0 ? k * s2 * used / (used * used) : NAN;
         }
-        return;
     }
-    /* value .. nrej never overlap (distinct planes, or rows of one scratch). */
-#pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {
-        const double used = run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform);
-        const double mx = mean[x], sx = ss[x];
-        const double m = used < 2.0 ? nd : used;
-        const double s2 = m >= 2 ? sx / (m - 1.0) : NAN; /* sw - sww / sw, weights 1 */
-        value[x] = used > 0 ? mx : fill;
-        variance[x] = used > 0 ? k * s2 * used / (used * used) : NAN;
         npix[x] = used;
         nrej[x] = n - used;
     }
 }
 
 /*
- * md_reduce.c's mean_of_run for the run [lo[x], hi[x]) of every column x
- * (equal weights): value, variance, npix and nrejected.  Runs shorter than
- * two take their variance from all n values, as there.
+ * md_reduce.c's mean_of_run for the run [a, b) of every column of a tile of
+ * n rows: value, variance, npix and nrejected.  Runs shorter than two take
+ * their variance from all n values, as there.  Leaves the means of the runs
+ * in sc->c and their squared deviations in sc->s.
  */
-MD_INLINE void mean_of_runs(const md_params *p, const double *v, size_t stride, int n, size_t w,
-                            const double *restrict lo, const double *restrict hi, int uniform,
-                            md_vclip_scratch *sc, double *restrict value,
+MD_INLINE void mean_of_runs(const md_params *p, const double *v, size_t stride, int n, int a,
+                            int b, size_t w, md_vclip_scratch *sc, double *restrict value,
                             double *restrict variance, double *restrict npix,
                             double *restrict nrej)
 {
-    const double nd = n, a0 = lo[0], b0 = hi[0];
-    double *restrict mean = sc->c, *restrict ss = sc->s;
-    run_means(v, stride, n, w, lo, hi, uniform, mean);
-    const int short_runs = uniform ? b0 - a0 < 2.0 : any_short_run(lo, hi, w);
-    const double *restrict whole = mean;
-    if (short_runs) { /* their variance comes from all n values, about their own mean */
-        double *restrict all = sc->tmp;
-        for (size_t x = 0; x < w; x++) all[x] = 0.0;
-        for (int i = 0; i < n; i++) {
-            const double *restrict r = v + (size_t)i * stride;
-            for (size_t x = 0; x < w; x++) all[x] += r[x];
-        }
-        for (size_t x = 0; x < w; x++) all[x] = all[x] / nd;
-        whole = all;
+    run_means(v, stride, a, b, w, sc->c);
+    if (b - a >= 2) {
+        run_sumsq(v, stride, a, b, w, sc->c, sc->s);
+    } else {
+        run_means(v, stride, 0, n, w, sc->tmp);
+        run_sumsq(v, stride, 0, n, w, sc->tmp, sc->s);
     }
-    /* The rows of the variance: with uniform runs, the run's or all. */
-    const int first = uniform && !short_runs ? (int)a0 : 0;
-    const int last = uniform && !short_runs ? (int)b0 : n;
-    for (size_t x = 0; x < w; x++) ss[x] = 0.0;
-    for (int i = first; i < last; i++) {
-        const double *restrict r = v + (size_t)i * stride;
-        const double row = i;
-        for (size_t x = 0; x < w; x++) {
-            const int from_all = run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform) < 2.0;
-            const double d = r[x] - (from_all ? whole[x] : mean[x]);
-            ss[x] = from_all | in_run(row, lo, hi, x, uniform) ? ss[x] + d * d : ss[x];
-        }
-    }
-    finish_runs(p, n, w, lo, hi, uniform, mean, ss, value, variance, npix, nrej);
+    finish_runs(p, n, b - a, w, sc->c, sc->s, value, variance, npix, nrej);
 }
 
-/* Centres of the runs into sc->c: their medians, or their means. */
-MD_INLINE void run_centres(const md_params *p, const double *v, size_t stride, int n, size_t w,
-                           const double *restrict lo, const double *restrict hi, int uniform,
+/* Centres of the runs [0, m) into sc->c: their medians, or their means. */
+MD_INLINE void run_centres(const md_params *p, const double *v, size_t stride, int m, size_t w,
                            md_vclip_scratch *sc)
 {
     double *restrict c = sc->c;
     if (p->centre == MD_CENTRE_MEAN) {
-        run_means(v, stride, n, w, lo, hi, uniform, c);
+        run_means(v, stride, 0, m, w, c);
         return;
     }
-    const double a0 = lo[0], b0 = hi[0];
-    for (size_t x = 0; x < w; x++) {
-        const int a = (int)run_lo(lo, a0, x, uniform);
-        const int m = (int)run_hi(hi, b0, x, uniform) - a;
-        const double upper = v[(size_t)(a + m / 2) * stride + x];
-        const double lower = v[(size_t)(a + (m - 1) / 2) * stride + x];
-        c[x] = m % 2 ? upper : (lower + upper) / 2.0;
-    }
+    const double *restrict upper = v + (size_t)(m / 2) * stride;
+    const double *restrict lower = v + (size_t)((m - 1) / 2) * stride;
+    for (size_t x = 0; x < w; x++) c[x] = m % 2 ? upper[x] : (lower[x] + upper[x]) / 2.0;
 }
 
-/*
- * Median absolute deviations of the runs from the centres sc->c, into
- * sc->s: the deviations of each run, the rows outside it +inf, sorted down
- * the columns; the middle of the run's count.  When every run is [0, n),
- * the median alone.
- */
-MD_INLINE void run_mads(const double *v, size_t stride, int n, size_t w,
-                        const double *restrict lo, const double *restrict hi, int uniform,
-                        md_vclip_scratch *sc)
+/* Median absolute deviations of the runs [0, m) from the centres sc->c, into
+ * sc->s: the median of the deviations, by the kernels for m values, or else
+ * (m = n, more frames than kernels) by the full network. */
+MD_INLINE void run_mads(const double *v, size_t stride, int m, size_t w, md_vclip_scratch *sc)
 {
-    const double a0 = lo[0], b0 = hi[0];
     const double *restrict c = sc->c;
     double *restrict s = sc->s;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < m; i++) {
         const double *restrict r = v + (size_t)i * stride;
         double *restrict dv = sc->dev_rows[i];
-        const double row = i;
-        for (size_t x = 0; x < w; x++) {
-            const int in = (row >= run_lo(lo, a0, x, uniform)) & (row < run_hi(hi, b0, x, uniform));
-            dv[x] = in ? fabs(r[x] - c[x]) : INFINITY;
-        }
+        for (size_t x = 0; x < w; x++) dv[x] = fabs(r[x] - c[x]);
     }
-    if (uniform && a0 == 0.0 && b0 == n && sc->kernels) {
-        sc->kernels->median(sc->dev_rows, w, s);
+    if (m <= MD_KERNEL_MAX_FRAMES) {
+        md_kernel_table[m].median(sc->dev_rows, w, s);
         return;
     }
-    md_sort_columns(sc->kernels, sc->sort, sc->dev_rows, w);
-    const double *restrict dev = sc->dev_rows[0];
-    const size_t dstride = sc->capacity;
-    for (size_t x = 0; x < w; x++) {
-        const int m = (int)(run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform));
-        const double upper = dev[(size_t)(m / 2) * dstride + x];
-        const double lower = dev[(size_t)((m - 1) / 2) * dstride + x];
-        s[x] = m % 2 ? upper : (lower + upper) / 2.0;
-    }
+    md_network_apply(sc->sort, sc->dev_rows, w);
+    const double *restrict upper = sc->dev_rows[m / 2];
+    const double *restrict lower = sc->dev_rows[(m - 1) / 2];
+    for (size_t x = 0; x < w; x++) s[x] = m % 2 ? upper[x] : (lower[x] + upper[x]) / 2.0;
 }
 
-/* Spreads of the runs about the centres sc->c, into sc->s (at least the floor). */
-MD_INLINE void run_spreads(const md_params *p, const double *v, size_t stride, int n, size_t w,
-                           const double *restrict lo, const double *restrict hi, int uniform,
+/* Spreads of the runs [0, m) about the centres sc->c, into sc->s (at least the floor). */
+MD_INLINE void run_spreads(const md_params *p, const double *v, size_t stride, int m, size_t w,
                            md_vclip_scratch *sc)
 {
-    const double a0 = lo[0], b0 = hi[0];
     const double *restrict c = sc->c;
     double *restrict s = sc->s;
     if (p->method == MD_CCDCLIP) {
@@ -228,25 +160,13 @@ MD_INLINE void run_spreads(const md_params *p, const double *v, size_t stride, i
     } else if (p->spread == MD_SPREAD_STD) {
         const double *restrict mean = c;
         if (p->centre != MD_CENTRE_MEAN) {
-            run_means(v, stride, n, w, lo, hi, uniform, sc->tmp);
+            run_means(v, stride, 0, m, w, sc->tmp);
             mean = sc->tmp;
         }
-        const int first = uniform ? (int)a0 : 0, last = uniform ? (int)b0 : n;
-        for (size_t x = 0; x < w; x++) s[x] = 0.0;
-        for (int i = first; i < last; i++) {
-            const double *restrict r = v + (size_t)i * stride;
-            const double row = i;
-            for (size_t x = 0; x < w; x++) {
-                const double d = r[x] - mean[x];
-                s[x] = in_run(row, lo, hi, x, uniform) ? s[x] + d * d : s[x];
-            }
-        }
-        for (size_t x = 0; x < w; x++) {
-            const double m = run_hi(hi, b0, x, uniform) - run_lo(lo, a0, x, uniform);
-            s[x] = m >= 2 ? sqrt(s[x] / (m - 1)) : 0.0;
-        }
+        run_sumsq(v, stride, 0, m, w, mean, s);
+        for (size_t x = 0; x < w; x++) s[x] = m >= 2 ? sqrt(s[x] / (m - 1)) : 0.0;
     } else {
-        run_mads(v, stride, n, w, lo, hi, uniform, sc);
+        run_mads(v, stride, m, w, sc);
         for (size_t x = 0; x < w; x++) s[x] = MD_MAD_TO_SIGMA * s[x];
     }
     const double floor_ = p->sigma_floor;
@@ -254,45 +174,38 @@ MD_INLINE void run_spreads(const md_params *p, const double *v, size_t stride, i
 }
 
 /*
- * One clipping pass, as md_reduce.c's, on the runs [lo, hi) of w columns: a
+ * One clipping pass, as md_reduce.c's, on the runs [0, m) of w columns: a
  * column whose pass rejects nothing, or would reject everything, keeps its
- * run and stops (moving[x] = 0); the others take their new runs
- * (moving[x] = 1).  Returns how many columns still move.
+ * run and stops (moving[x] = 0); the others take their new runs [lo[x],
+ * hi[x]) (moving[x] = 1).  Uses sc->c and sc->s.
  */
-MD_INLINE size_t clip_pass(const md_params *p, const double *v, size_t stride, int n, size_t w,
-                           double *restrict lo, double *restrict hi, int uniform,
-                           double *restrict moving, md_vclip_scratch *sc)
+MD_INLINE void clip_pass(const md_params *p, const double *v, size_t stride, int m, size_t w,
+                         md_vclip_scratch *sc)
 {
-    run_centres(p, v, stride, n, w, lo, hi, uniform, sc);
-    run_spreads(p, v, stride, n, w, lo, hi, uniform, sc);
-    const double a0 = lo[0], b0 = hi[0], k_low = p->low, k_high = p->high;
+    run_centres(p, v, stride, m, w, sc);
+    run_spreads(p, v, stride, m, w, sc);
+    const double k_low = p->low, k_high = p->high, used = m;
     const double *restrict c = sc->c, *restrict s = sc->s;
     double *restrict low = sc->low, *restrict high = sc->high;
     double *restrict below = sc->below, *restrict above = sc->above;
     for (size_t x = 0; x < w; x++) low[x] = c[x] - k_low * s[x];
     for (size_t x = 0; x < w; x++) high[x] = c[x] + k_high * s[x];
     for (size_t x = 0; x < w; x++) below[x] = above[x] = 0.0;
-    const int first = uniform ? (int)a0 : 0, last = uniform ? (int)b0 : n;
-    for (int i = first; i < last; i++) {
+    for (int i = 0; i < m; i++) {
         const double *restrict r = v + (size_t)i * stride;
-        const double row = i;
         for (size_t x = 0; x < w; x++) {
-            const int in = in_run(row, lo, hi, x, uniform);
-            below[x] += in & (r[x] < low[x]) ? 1.0 : 0.0;
-            above[x] += in & (r[x] > high[x]) ? 1.0 : 0.0;
+            below[x] += r[x] < low[x] ? 1.0 : 0.0;
+            above[x] += r[x] > high[x] ? 1.0 : 0.0;
         }
     }
-    size_t count = 0;
+    double *restrict lo = sc->lo, *restrict hi = sc->hi, *restrict moving = sc->moving;
     for (size_t x = 0; x < w; x++) {
-        const double a = run_lo(lo, a0, x, uniform), b = run_hi(hi, b0, x, uniform);
-        const double na = a + below[x], nb = b - above[x] > na ? b - above[x] : na;
-        const int still = !(((na == a) & (nb == b)) | (na == nb));
-        lo[x] = still ? na : a;
-        hi[x] = still ? nb : b;
+        const double na = below[x], nb = used - above[x] > na ? used - above[x] : na;
+        const int still = !(((na == 0.0) & (nb == used)) | (na == nb));
+        lo[x] = still ? na : 0.0;
+        hi[x] = still ? nb : used;
         moving[x] = still ? 1.0 : 0.0;
-        count += (size_t)still;
     }
-    return count;
 }
 
 /* Indices j < m where keep[j] == want, into index; returns how many. */
@@ -307,50 +220,106 @@ static size_t select_columns(const double *restrict keep, double want, size_t m,
     return k;
 }
 
-/* dst[i * dst_stride + j] = src[i * src_stride + index[j]] for i < n, j < k.
- * In place (dst == src, the same stride) when index[j] >= j: every value is
- * read before a later j could overwrite it. */
-MD_HOT static void gather_columns(double *dst, size_t dst_stride, const double *src,
-                                  size_t src_stride, int n, const size_t *restrict index,
-                                  size_t k)
+size_t md_vclip_queue_doubles(size_t n, size_t capacity)
 {
-    for (int i = 0; i < n; i++) {
-        double *d = dst + (size_t)i * dst_stride;
-        const double *s = src + (size_t)i * src_stride;
+    size_t rows = 0; /* per bucket m < n: m rows, then ss_all, x and passes */
+    for (size_t m = 1; m < n; m++) rows += m + 3;
+    return rows * capacity;
+}
+
+void md_vclip_queue_layout(md_vclip_scratch *sc, size_t n, double *queue)
+{
+    _Static_assert(sizeof(size_t) <= sizeof(double), "an index fits where a double does");
+    const size_t cap = sc->capacity;
+    double *next = queue;
+    for (size_t m = 1; m < n; m++) {
+        md_bucket *bk = &sc->bucket[m];
+        bk->v = next;
+        bk->ss_all = next + m * cap;
+        bk->x = (size_t *)(void *)(next + (m + 1) * cap);
+        bk->passes = (size_t *)(void *)(next + (m + 2) * cap);
+        bk->count = 0;
+        next += (m + 3) * cap;
+    }
+    sc->queue = queue;
+    sc->queued = 0;
+}
+
+/*
+ * Queue the columns j = cols[t], t < k, of v (rows `stride` apart) that moved
+ * to the runs [sc->lo[j], sc->hi[j]), of at most `longest` values: each run's
+ * rows go to the end of the bucket of its length, rows 0 .., with the
+ * column's x (x0 + j when xs is NULL), its ss_all[j] and its passes, one more
+ * than passes[j] (none when NULL).  The columns are taken bucket by bucket,
+ * longest runs first, so each row is copied by one loop over the bucket's
+ * columns.  Uses sc->tmp.
+ */
+MD_HOT static void queue_runs(md_vclip_scratch *sc, const double *v, size_t stride,
+                              const size_t *cols, size_t k, int longest, const double *ss_all,
+                              size_t x0, const size_t *xs, const size_t *passes)
+{
+    const double *lo = sc->lo, *hi = sc->hi;
+    double *restrict length = sc->tmp;
+    size_t *restrict group = sc->order, *restrict offset = sc->offset;
+    for (size_t t = 0; t < k; t++) length[t] = hi[cols[t]] - lo[cols[t]];
+    const size_t cap = sc->capacity;
+    size_t placed = 0;
+    for (int m = longest; m >= 1 && placed < k; m--) {
+        size_t c = 0; /* select_columns' loop, taking the columns' indices */
+        for (size_t t = 0; t < k; t++) {
+            group[c] = cols[t];
+            c += length[t] == m;
+        }
+        if (c == 0) continue;
+        placed += c;
+        md_bucket *bk = &sc->bucket[m];
+        const size_t base = bk->count;
+        for (size_t u = 0; u < c; u++) {
+            const size_t j = group[u];
+            offset[u] = (size_t)lo[j] * stride + j;
+            bk->x[base + u] = xs ? xs[j] : x0 + j;
+            bk->ss_all[base + u] = ss_all[j];
+            bk->passes[base + u] = passes ? passes[j] + 1 : 1;
+        }
+        for (int i = 0; i < m; i++) {
+            double *restrict dst = bk->v + (size_t)i * cap + base;
+            const double *restrict src = v + (size_t)i * stride;
 #pragma GCC ivdep
-        for (size_t j = 0; j < k; j++) d[j] = s[index[j]];
+            for (size_t u = 0; u < c; u++) dst[u] = src[offset[u]];
+        }
+        bk->count = base + c;
     }
 }
 
-/* Copy the columns of the tile that still move, with their runs and
- * output columns, to the end of the queue. */
-static void enqueue(md_vclip_scratch *sc, const double *tile, size_t stride, int n, size_t w,
-                    size_t x0)
+/* The generated pass of k (NULL: none) for p's sigclip, or NULL
+ * (md_internal.h). */
+static md_clip_kernel generated_pass(const md_params *p, const md_kernels *k)
 {
-    const size_t m = sc->queued, cap = sc->capacity;
-    size_t *restrict index = sc->done;
-    const size_t k = select_columns(sc->moving, 1.0, w, index);
-    gather_columns(sc->queue + m, cap, tile, stride, n, index, k);
-    for (size_t j = 0; j < k; j++) {
-        const size_t x = index[j];
-        sc->qlo[m + j] = sc->lo[x];
-        sc->qhi[m + j] = sc->hi[x];
-        sc->qx[m + j] = x0 + x;
-    }
-    sc->queued = m + k;
-}
-
-/* The generated kernel for p's sigclip, its first pass (first = 1) or a
- * later one (first = 0), or NULL (md_internal.h). */
-static md_clip_kernel generated_pass(const md_params *p, const md_vclip_scratch *sc, int first)
-{
-    const md_kernels *k = sc->kernels;
     if (!k || p->method != MD_SIGCLIP) return NULL;
-    if (p->centre == MD_CENTRE_MEDIAN && p->spread == MD_SPREAD_MAD)
-        return first ? k->clip_mad : k->pass_mad;
-    if (p->centre == MD_CENTRE_MEAN && p->spread == MD_SPREAD_STD)
-        return first ? k->clip_std : k->pass_std;
+    if (p->centre == MD_CENTRE_MEDIAN && p->spread == MD_SPREAD_MAD) return k->pass_mad;
+    if (p->centre == MD_CENTRE_MEAN && p->spread == MD_SPREAD_STD) return k->pass_std;
     return NULL;
+}
+
+/* The pass on the runs [0, m) of w columns v (rows `stride` apart), by the
+ * kernel `generated` or else clip_pass: the runs it leaves in sc->lo and
+ * sc->hi, whether they moved in sc->moving, and the means of the runs [0, m)
+ * and their squared deviations in sc->c and sc->s. */
+MD_INLINE void pass_and_moments(const md_params *p, md_clip_kernel generated, const double *v,
+                                size_t stride, int m, size_t w, md_vclip_scratch *sc)
+{
+    if (generated) {
+        const double *rows[MD_KERNEL_MAX_FRAMES];
+        for (int i = 0; i < m; i++) rows[i] = v + (size_t)i * stride;
+        const md_clip_args args = {.low = p->low, .high = p->high, .floor = p->sigma_floor,
+                                   .lo = sc->lo, .hi = sc->hi, .moving = sc->moving,
+                                   .mean = sc->c, .sumsq = sc->s};
+        generated(rows, w, &args);
+        return;
+    }
+    clip_pass(p, v, stride, m, w, sc);
+    run_means(v, stride, 0, m, w, sc->c);
+    run_sumsq(v, stride, 0, m, w, sc->c, sc->s);
 }
 
 MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_outputs *out,
@@ -359,24 +328,21 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
 {
     const int n = (int)nframes;
     const double *tile = rows[0];
-    double *lo = sc->lo, *hi = sc->hi;
-    const md_clip_kernel fused = generated_pass(p, sc, 1);
-    if (!fused) md_sort_columns(sc->kernels, sc->sort, rows, w);
+    md_sort_columns(sc->kernels, sc->sort, rows, w);
     switch (p->method) {
-    case MD_MINMAX:
-        lo[0] = p->nlow < n ? p->nlow : n;
-        hi[0] = n - p->nhigh > lo[0] ? n - p->nhigh : lo[0];
-        mean_of_runs(p, tile, stride, n, w, lo, hi, 1, sc, value, variance, npix, nrej);
+    case MD_MINMAX: {
+        const int a = p->nlow < n ? p->nlow : n;
+        const int b = n - p->nhigh > a ? n - p->nhigh : a;
+        mean_of_runs(p, tile, stride, n, a, b, w, sc, value, variance, npix, nrej);
         return;
+    }
     case MD_QUANTILECLIP: {
         const double e = p->fclip * n;
         const int k0 = (int)floor(e), k1 = (int)ceil(e);
-        lo[0] = k0, hi[0] = n - k0;
-        mean_of_runs(p, tile, stride, n, w, lo, hi, 1, sc, value, variance, npix, nrej);
+        mean_of_runs(p, tile, stride, n, k0, n - k0, w, sc, value, variance, npix, nrej);
         if (k1 == k0 || n - 2 * k1 <= 0) return;
         double *other = sc->results;
-        lo[0] = k1, hi[0] = n - k1;
-        mean_of_runs(p, tile, stride, n, w, lo, hi, 1, sc, other, other + w, other + 2 * w,
+        mean_of_runs(p, tile, stride, n, k1, n - k1, w, sc, other, other + w, other + 2 * w,
                      other + 3 * w);
         for (size_t x = 0; x < w; x++) {
             value[x] += (e - k0) * (other[x] - value[x]);
@@ -389,37 +355,22 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     }
     /* Room for every column of the tile (a flush uses the scratch). */
     if (sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes, out, y);
-    size_t moved = 0;
-    if (fused) {
-        const md_clip_args args = {.low = p->low, .high = p->high, .floor = p->sigma_floor,
-                                   .lo = lo, .hi = hi, .moving = sc->moving,
-                                   .mean = sc->c, .sumsq = sc->s};
-        fused(rows, w, &args);
-        for (size_t x = 0; x < w; x++) moved += sc->moving[x] != 0.0;
-    } else {
-        lo[0] = 0.0, hi[0] = n;
-        moved = clip_pass(p, tile, stride, n, w, lo, hi, 1, sc->moving, sc);
-    }
-    if (moved > 0 && p->maxiters == 1) { /* every run is final */
-        mean_of_runs(p, tile, stride, n, w, lo, hi, 0, sc, value, variance, npix, nrej);
+    /* The first pass, and the results of the columns that stopped. */
+    pass_and_moments(p, generated_pass(p, sc->kernels), tile, stride, n, w, sc);
+    finish_runs(p, n, n, w, sc->c, sc->s, value, variance, npix, nrej);
+    /* The columns that moved: queued, their results replaced when the queue
+     * is flushed; or above MD_KERNEL_MAX_FRAMES, where a pass over queued
+     * columns would sort their deviations with the whole network, continued
+     * alone. */
+    const double *lo = sc->lo, *hi = sc->hi;
+    const size_t moved = select_columns(sc->moving, 1.0, w, sc->done);
+    if (sc->queue) {
+        queue_runs(sc, tile, stride, sc->done, moved, n - 1, sc->s, x0, NULL, NULL);
+        sc->queued += moved;
         return;
     }
-    /* The results of the columns that did not move; those that did are
-     * queued, and their results replaced when the queue is flushed. */
-    const double a = 0.0, b = n;
-    if (fused) /* it left the means and squared deviations in sc->c, sc->s */
-        finish_runs(p, n, w, &a, &b, 1, sc->c, sc->s, value, variance, npix, nrej);
-    else
-        mean_of_runs(p, tile, stride, n, w, &a, &b, 1, sc, value, variance, npix, nrej);
-    if (moved == 0) return;
-    if (sc->kernels) {
-        enqueue(sc, tile, stride, n, w, x0);
-        return;
-    }
-    /* Above MD_KERNEL_MAX_FRAMES a pass over queued columns would sort their
-     * deviations with the whole network: continue each column alone. */
-    for (size_t x = 0; x < w; x++) {
-        if (sc->moving[x] == 0.0) continue;
+    for (size_t j = 0; j < moved; j++) {
+        const size_t x = sc->done[j];
         for (int i = 0; i < n; i++) sc->pv[i] = tile[(size_t)i * stride + x];
         const md_pixel r = md_clip_sorted_from(p, sc->pv, n, (int)lo[x], (int)hi[x], 1);
         value[x] = r.value;
@@ -430,14 +381,14 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
 }
 
 /* Store the results r (value, variance, npix, nrejected, capacity apart) of
- * the queued columns listed in sc->done into row y of the output planes. */
-static void store_done(const md_outputs *out, md_vclip_scratch *sc, size_t y, const double *r,
-                       size_t count)
+ * the columns j listed in sc->done into row y, columns xs[j], of the output
+ * planes. */
+static void store_done(const md_outputs *out, md_vclip_scratch *sc, size_t y, const size_t *xs,
+                       const double *r, size_t count)
 {
     const md_plane *planes[] = {&out->value, &out->variance, &out->npix, &out->nrejected};
     for (size_t k = 0; k < 4; k++)
-        if (planes[k]->data)
-            md_scatter(planes[k], y, sc->qx, r + k * sc->capacity, sc->done, count);
+        if (planes[k]->data) md_scatter(planes[k], y, xs, r + k * sc->capacity, sc->done, count);
     if (!out->fewest) return;
     const double *npix = r + 2 * sc->capacity;
     for (size_t k = 0; k < count; k++) {
@@ -446,53 +397,33 @@ static void store_done(const md_outputs *out, md_vclip_scratch *sc, size_t y, co
     }
 }
 
+/* The next pass on the columns of bucket m: those that stop, and those whose
+ * last pass it was before (their runs are final), are stored into row y of
+ * `out`; the others move to the buckets of their new runs. */
+MD_HOT static void flush_bucket(const md_params *p, md_vclip_scratch *sc, int n, int m,
+                                const md_outputs *out, size_t y)
+{
+    md_bucket *bk = &sc->bucket[m];
+    const size_t k = bk->count, cap = sc->capacity;
+    pass_and_moments(p, generated_pass(p, &md_kernel_table[m]), bk->v, cap, m, k, sc);
+    if (m < 2) /* a run too short for its variance: that of all the values */
+        for (size_t j = 0; j < k; j++) sc->s[j] = bk->ss_all[j];
+    double *r = sc->results; /* value, variance, npix, nrejected */
+    finish_runs(p, n, m, k, sc->c, sc->s, r, r + cap, r + 2 * cap, r + 3 * cap);
+    double *restrict moving = sc->moving;
+    const double last = p->maxiters;
+    for (size_t j = 0; j < k; j++) moving[j] = (double)bk->passes[j] < last ? moving[j] : 0.0;
+    store_done(out, sc, y, bk->x, r, select_columns(moving, 0.0, k, sc->done));
+    const size_t moved = select_columns(moving, 1.0, k, sc->done);
+    bk->count = 0; /* its columns move to shorter runs, other buckets */
+    queue_runs(sc, bk->v, cap, sc->done, moved, m - 1, bk->ss_all, 0, bk->x, bk->passes);
+}
+
 MD_HOT void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t nframes,
                            const md_outputs *out, size_t y)
 {
-    const int n = (int)nframes;
-    const size_t cap = sc->capacity;
-    double *q = sc->queue, *qlo = sc->qlo, *qhi = sc->qhi;
-    size_t *qx = sc->qx;
-    double *r = sc->results; /* value, variance, npix, nrejected */
-    size_t m = sc->queued;
-    const md_clip_kernel generated = generated_pass(p, sc, 0);
-    double *rows[MD_KERNEL_MAX_FRAMES];
-    for (int i = 0; generated && i < n; i++) rows[i] = q + (size_t)i * cap;
-    for (int it = 1; it < p->maxiters && m > 0; it++) {
-        const int last = it + 1 >= p->maxiters;
-        if (generated) {
-            const md_clip_args args = {.low = p->low, .high = p->high, .floor = p->sigma_floor,
-                                       .lo = qlo, .hi = qhi, .moving = sc->moving,
-                                       .mean = sc->c, .sumsq = sc->s};
-            generated(rows, m, &args);
-        } else {
-            clip_pass(p, q, cap, n, m, qlo, qhi, 0, sc->moving, sc);
-        }
-        /* The results of the columns that stopped: from the means and
-         * squared deviations of their runs the kernel left, unless a run is
-         * too short for them (its variance is taken from all the values). */
-        if (generated && !last && !any_short_run(qlo, qhi, m))
-            finish_runs(p, n, m, qlo, qhi, 0, sc->c, sc->s, r, r + cap, r + 2 * cap, r + 3 * cap);
-        else
-            mean_of_runs(p, q, cap, n, m, qlo, qhi, 0, sc, r, r + cap, r + 2 * cap, r + 3 * cap);
-        /* Store the columns that stopped (all of them after the last pass);
-         * move the others to the front. */
-        if (last) {
-            for (size_t j = 0; j < m; j++) sc->done[j] = j;
-            store_done(out, sc, y, r, m);
-            break;
-        }
-        store_done(out, sc, y, r, select_columns(sc->moving, 0.0, m, sc->done));
-        size_t *restrict index = sc->done;
-        const size_t kept = select_columns(sc->moving, 1.0, m, index);
-        gather_columns(q, cap, q, cap, n, index, kept);
-        for (size_t j = 0; j < kept; j++) {
-            const size_t from = index[j];
-            qlo[j] = qlo[from];
-            qhi[j] = qhi[from];
-            qx[j] = qx[from];
-        }
-        m = kept;
-    }
+    /* A column moves only to a shorter run: to a bucket taken later. */
+    for (int m = (int)nframes - 1; m >= 1; m--)
+        if (sc->bucket[m].count) flush_bucket(p, sc, (int)nframes, m, out, y);
     sc->queued = 0;
 }

@@ -6,13 +6,11 @@ register per frame once the compiler vectorises the loop across columns):
 
 * ``md_kmedian_N``: the median by the pruned Batcher network;
 * ``md_ksort_N``: the full Batcher network, storing the sorted column back;
-* ``md_kclip_mad_N`` and ``md_kclip_std_N`` (N >= 3): the full sort, stored
-  back, then the first clipping pass of sigclip (centre median and spread MAD,
-  or centre mean and spread std) on the whole column, and the column's mean
-  and squared deviations;
-* ``md_kpass_mad_N`` and ``md_kpass_std_N`` (N >= 3): a later pass of the
-  same on sorted columns that each keep their own run of rows (md_vclip.c's
-  queue).
+* ``md_kpass_mad_N`` and ``md_kpass_std_N`` (N >= 3): a clipping pass of
+  sigclip (centre median and spread MAD, or centre mean and spread std) on
+  columns of N sorted values (a sorted tile, or a bucket of md_vclip.c's
+  queue, whose columns each hold a run of N values), read and not changed,
+  and each column's mean and squared deviations.
 
 They do exactly the arithmetic of the generic paths in md_combine.c (same
 operations in the same order), so a pixel gets the same bits whichever path
@@ -179,10 +177,10 @@ def mad_of_sorted(n: int) -> list[str]:
     return body + t.lines + [f"double s = MD_MAD_TO_SIGMA * ({mid});"]
 
 
-def clip_body(n: int, spread: str) -> list[str]:
-    """The statements of the first pass on one column (x), one per item:
-    sort, store, centre and spread, limits, counts and the column's results."""
-    body = loads(n) + network(batcher_pairs(n)) + stores(n)
+def pass_body(n: int, spread: str) -> list[str]:
+    """The statements of a pass on one sorted column (x) of n values, one per
+    item: centre and spread, limits, counts and the column's results."""
+    body = loads(n, "const double")
     # The mean and squared deviations of all n values, in md_vclip.c's order.
     body += ["double sum = 0.0;"] + [f"sum += v{i};" for i in range(n)]
     body += [f"const double mean_ = sum / {n}.0;", "double ss = 0.0, d;"]
@@ -199,47 +197,39 @@ def clip_body(n: int, spread: str) -> list[str]:
         below_rows, above_rows = range(n // 2), range((n + 1) // 2, n)
     below = tree_sum([f"(v{i} < low ? 1.0 : 0.0)" for i in below_rows])
     above = tree_sum([f"(v{i} > high ? 1.0 : 0.0)" for i in above_rows])
-    body += LIMITS
-    body += [f"const double below = {below};", f"const double above = {above};"]
-    return body + new_run("0.0", f"{n}.0", "below")
-
-
-LIMITS = [
-    "s = s < floor_ ? floor_ : s;",
-    "const double low = c - k_low * s, high = c + k_high * s;",
-]
-
-
-def new_run(start: str, end: str, na: str) -> list[str]:
-    """After the counts below and above the limits: the column's run [start, end)
-    becomes [na, nb) unless the pass rejected nothing or everything; the stores
-    of the run, whether it moved, and the mean and squared deviations."""
-    return [
-        f"const double na = {na}, nb = {end} - above > na ? {end} - above : na;",
-        f"const int still = !(((na == {start}) & (nb == {end})) | (na == nb));",
-        f"lo[x] = still ? na : {start};",
-        f"hi[x] = still ? nb : {end};",
+    body += [
+        "s = s < floor_ ? floor_ : s;",
+        "const double low = c - k_low * s, high = c + k_high * s;",
+        f"const double below = {below};",
+        f"const double above = {above};",
+        # The run [0, n) becomes [na, nb) unless the pass rejected nothing or
+        # everything; the stores of the run, whether it moved, the moments.
+        f"const double na = below, nb = {n}.0 - above > na ? {n}.0 - above : na;",
+        f"const int still = !(((na == 0.0) & (nb == {n}.0)) | (na == nb));",
+        "lo[x] = still ? na : 0.0;",
+        f"hi[x] = still ? nb : {n}.0;",
         "moving[x] = still ? 1.0 : 0.0;",
         "mean[x] = mean_;",
         "sumsq[x] = ss;",
     ]
+    return body
 
 
 def strip(body: list[str], suffix: str, column: str) -> list[str]:
     """The statements for one strip of columns: locals renamed with ``suffix``,
     column ``x`` replaced by ``column``."""
-    names = r"\b(v\d+|e\d+|dl\d+|dr\d+|t\d+|sum|mean_|ss|d|c|s|low|high|below|above|na|nb|still)\b"
+    names = r"\b(v\d+|dl\d+|dr\d+|t\d+|sum|mean_|ss|d|c|s|low|high|below|above|na|nb|still)\b"
     return [re.sub(r"\[x\]", f"[{column}]", re.sub(names, rf"\1{suffix}", line)) for line in body]
 
 
-def kernel_clip(n: int, spread: str) -> str:
-    """The first clipping pass on whole columns, as md_vclip.c's clip_pass
-    does it for the run [0, n), and each column's mean and sum of squared
-    deviations (mean_of_runs for the run [0, n)).  Up to INTERLEAVE_FRAMES
-    frames the loop takes two strips of columns at once, statement by
-    statement: each column is one long chain of dependent operations, and two
-    independent chains keep the vector units busy."""
-    body = clip_body(n, spread)
+def kernel_pass(n: int, spread: str) -> str:
+    """A clipping pass on sorted columns, as md_vclip.c's clip_pass does it
+    for the run [0, n), and each column's mean and sum of squared deviations
+    (mean_of_runs for the run [0, n)).  Up to INTERLEAVE_FRAMES frames the
+    loop takes two strips of columns at once, statement by statement: each
+    column is one long chain of dependent operations, and two independent
+    chains keep the vector units busy."""
+    body = pass_body(n, spread)
     single = code(strip(body, "", "x"))
     loops = f"""#pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
@@ -259,94 +249,14 @@ def kernel_clip(n: int, spread: str) -> str:
 {single}
     }}"""
     return f"""
-MD_HOT static void md_kclip_{spread}_{n}(double *const *rows, size_t w, const md_clip_args *a)
-{{
-{row_pointers(n, writable=True)}
-    const double k_low = a->low, k_high = a->high, floor_ = a->floor;
-    double *restrict lo = a->lo, *restrict hi = a->hi, *restrict moving = a->moving;
-    double *restrict mean = a->mean, *restrict sumsq = a->sumsq;
-{loops}
-}}
-"""
-
-
-def v_shaped_pairs(n: int, needed: set[int]) -> list[tuple[int, int]]:
-    """Comparators that sort n values falling then rising (a V), as far as the
-    positions ``needed``: Batcher's bitonic merge of the next power of two,
-    the missing values taken as +inf (their comparators do nothing)."""
-    p2 = 1
-    while p2 < n:
-        p2 <<= 1
-    pairs = []
-    half = p2 // 2
-    while half >= 1:
-        pairs += [
-            (i, i + half)
-            for start in range(0, p2, 2 * half)
-            for i in range(start, start + half)
-            if i + half < n
-        ]
-        half //= 2
-    return pruned(pairs, needed)
-
-
-def pick(values: str, index: str, count: int, into: str) -> list[str]:
-    """``into`` = values[index] for an index that varies by column: a blend per position."""
-    return [f"double {into} = 0.0;"] + [
-        f"{into} = {i}.0 == {index} ? {values}{i} : {into};" for i in range(count)
-    ]
-
-
-def kernel_pass(n: int, spread: str) -> str:
-    """A later clipping pass on sorted columns that each keep their own run
-    [lo[x], hi[x]), as md_vclip.c's clip_pass, and the mean and sum of squared
-    deviations of each column's run before the pass (mean_of_runs, for the
-    columns that stop).  The columns are read, not changed."""
-    body = ["const double from = lo[x], to = hi[x], m = to - from;"]
-    body += loads(n, "const double")
-    body += [f"const int in{i} = ({i}.0 >= from) & ({i}.0 < to);" for i in range(n)]
-    body += ["double sum = 0.0;"] + [f"sum = in{i} ? sum + v{i} : sum;" for i in range(n)]
-    body += ["const double mean_ = sum / m;", "double ss = 0.0, d;"]
-    body += [f"d = v{i} - mean_; ss = in{i} ? ss + d * d : ss;" for i in range(n)]
-    if spread == "mad":
-        body += [
-            "const double half = floor(m / 2.0), half_below = floor((m - 1.0) / 2.0);",
-            "const int odd = m != 2.0 * half;",
-            "const double iu = from + half, il = from + half_below;",
-        ]
-        body += pick("v", "iu", n, "upper") + pick("v", "il", n, "lower")
-        body += ["const double c = odd ? upper : (lower + upper) / 2.0;"]
-        body += [f"double e{i} = in{i} ? fabs(v{i} - c) : INFINITY;" for i in range(n)]
-        # Down the sorted column the deviations fall to the centre and rise
-        # after it, +inf outside the run: sorted as far as the middle of the
-        # longest run by a bitonic merge.
-        body += network(v_shaped_pairs(n, set(range(n // 2 + 1))), "e")
-        body += pick("e", "half", n // 2 + 1, "su") + pick("e", "half_below", n // 2 + 1, "sl")
-        body += ["double s = MD_MAD_TO_SIGMA * (odd ? su : (sl + su) / 2.0);"]
-    else:
-        body += ["const double c = mean_;", "double s = m >= 2.0 ? sqrt(ss / (m - 1.0)) : 0.0;"]
-    # The run's values below low (above high): as low <= c <= high and c lies
-    # in the run, either none, or they and every value before (after) the run.
-    below = tree_sum([f"(v{i} < low ? 1.0 : 0.0)" for i in range(n)])
-    above = tree_sum([f"(v{i} > high ? 1.0 : 0.0)" for i in range(n)])
-    body += LIMITS
-    body += [
-        f"const double below_all = {below}, above_all = {above}, after = {n}.0 - to;",
-        "const double below = below_all - from > 0.0 ? below_all - from : 0.0;",
-        "const double above = above_all - after > 0.0 ? above_all - after : 0.0;",
-    ]
-    body += new_run("from", "to", "from + below")
-    return f"""
-MD_HOT static void md_kpass_{spread}_{n}(double *const *rows, size_t w, const md_clip_args *a)
+MD_HOT static void md_kpass_{spread}_{n}(const double *const *rows, size_t w,
+                                    const md_clip_args *a)
 {{
 {row_pointers(n)}
     const double k_low = a->low, k_high = a->high, floor_ = a->floor;
     double *restrict lo = a->lo, *restrict hi = a->hi, *restrict moving = a->moving;
     double *restrict mean = a->mean, *restrict sumsq = a->sumsq;
-#pragma GCC ivdep
-    for (size_t x = 0; x < w; x++) {{
-{code(body)}
-    }}
+{loops}
 }}
 """
 
@@ -363,18 +273,12 @@ def main() -> None:
         print(kernel_median(n), end="")
         print(kernel_sort(n), end="")
         if n >= MIN_CLIP_FRAMES:
-            print(kernel_clip(n, "mad"), end="")
-            print(kernel_clip(n, "std"), end="")
             print(kernel_pass(n, "mad"), end="")
             print(kernel_pass(n, "std"), end="")
     print("\nconst md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {")
-    print("    {NULL, NULL, NULL, NULL, NULL, NULL},")
+    print("    {NULL, NULL, NULL, NULL},")
     for n in range(1, MAX_FRAMES + 1):
-        clips = (
-            f"md_kclip_mad_{n}, md_kclip_std_{n}, md_kpass_mad_{n}, md_kpass_std_{n}"
-            if n >= MIN_CLIP_FRAMES
-            else "NULL, NULL, NULL, NULL"
-        )
+        clips = f"md_kpass_mad_{n}, md_kpass_std_{n}" if n >= MIN_CLIP_FRAMES else "NULL, NULL"
         print(f"    {{md_kmedian_{n}, md_ksort_{n}, {clips}}},")
     print("};")
 
