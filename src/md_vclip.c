@@ -91,8 +91,7 @@ MD_INLINE void finish_runs(const md_params *p, int n, int m, size_t w, const dou
 /*
  * md_reduce.c's mean_of_run for the run [a, b) of every column of a tile of
  * n rows: value, variance, npix and nrejected.  Runs shorter than two take
- * their variance from all n values, as there.  Leaves the means of the runs
- * in sc->c and their squared deviations in sc->s.
+ * their variance from all n values, as there.  Uses sc->c, sc->s and sc->tmp.
  */
 MD_INLINE void mean_of_runs(const md_params *p, const double *v, size_t stride, int n, int a,
                             int b, size_t w, md_vclip_scratch *sc, double *restrict value,
@@ -109,6 +108,14 @@ MD_INLINE void mean_of_runs(const md_params *p, const double *v, size_t stride, 
     finish_runs(p, n, b - a, w, sc->c, sc->s, value, variance, npix, nrej);
 }
 
+/* mid[x] = the median of m sorted values whose rows (m - 1) / 2 and m / 2 are
+ * lower and upper (md_sorted_median, column by column). */
+MD_INLINE void sorted_middles(const double *restrict lower, const double *restrict upper, int m,
+                              size_t w, double *restrict mid)
+{
+    for (size_t x = 0; x < w; x++) mid[x] = m % 2 ? upper[x] : (lower[x] + upper[x]) / 2.0;
+}
+
 /* Centres of the runs [0, m) into sc->c: their medians, or their means. */
 MD_INLINE void run_centres(const md_params *p, const double *v, size_t stride, int m, size_t w,
                            md_vclip_scratch *sc)
@@ -118,9 +125,7 @@ MD_INLINE void run_centres(const md_params *p, const double *v, size_t stride, i
         run_means(v, stride, 0, m, w, c);
         return;
     }
-    const double *restrict upper = v + (size_t)(m / 2) * stride;
-    const double *restrict lower = v + (size_t)((m - 1) / 2) * stride;
-    for (size_t x = 0; x < w; x++) c[x] = m % 2 ? upper[x] : (lower[x] + upper[x]) / 2.0;
+    sorted_middles(v + (size_t)((m - 1) / 2) * stride, v + (size_t)(m / 2) * stride, m, w, c);
 }
 
 /* Median absolute deviations of the runs [0, m) from the centres sc->c, into
@@ -140,9 +145,7 @@ MD_INLINE void run_mads(const double *v, size_t stride, int m, size_t w, md_vcli
         return;
     }
     md_network_apply(sc->sort, sc->dev_rows, w);
-    const double *restrict upper = sc->dev_rows[m / 2];
-    const double *restrict lower = sc->dev_rows[(m - 1) / 2];
-    for (size_t x = 0; x < w; x++) s[x] = m % 2 ? upper[x] : (lower[x] + upper[x]) / 2.0;
+    sorted_middles(sc->dev_rows[(m - 1) / 2], sc->dev_rows[m / 2], m, w, s);
 }
 
 /* Spreads of the runs [0, m) about the centres sc->c, into sc->s (at least the floor). */
@@ -406,10 +409,10 @@ MD_HOT static void flush_bucket(const md_params *p, md_vclip_scratch *sc, int n,
     md_bucket *bk = &sc->bucket[m];
     const size_t k = bk->count, cap = sc->capacity;
     pass_and_moments(p, generated_pass(p, &md_kernel_table[m]), bk->v, cap, m, k, sc);
-    if (m < 2) /* a run too short for its variance: that of all the values */
-        for (size_t j = 0; j < k; j++) sc->s[j] = bk->ss_all[j];
+    /* A run too short for its variance takes that of all the values. */
+    const double *ss = m < 2 ? bk->ss_all : sc->s;
     double *r = sc->results; /* value, variance, npix, nrejected */
-    finish_runs(p, n, m, k, sc->c, sc->s, r, r + cap, r + 2 * cap, r + 3 * cap);
+    finish_runs(p, n, m, k, sc->c, ss, r, r + cap, r + 2 * cap, r + 3 * cap);
     double *restrict moving = sc->moving;
     const double last = p->maxiters;
     for (size_t j = 0; j < k; j++) moving[j] = (double)bk->passes[j] < last ? moving[j] : 0.0;
