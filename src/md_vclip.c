@@ -255,26 +255,29 @@ void md_vclip_queue_layout(md_vclip_scratch *sc, size_t n, double *queue)
  * column's x (x0 + j when xs is NULL), its ss_all[j] and its passes, one more
  * than passes[j] (none when NULL).  The columns are taken bucket by bucket,
  * longest runs first, so each row is copied by one loop over the bucket's
- * columns.  Uses sc->tmp.
+ * columns; each length's selection leaves the columns not yet taken at the
+ * front of cols (which it overwrites), so the next one reads only those.
  */
-MD_HOT static void queue_runs(md_vclip_scratch *sc, const double *v, size_t stride,
-                              const size_t *cols, size_t k, int longest, const double *ss_all,
-                              size_t x0, const size_t *xs, const size_t *passes)
+MD_HOT static void queue_runs(md_vclip_scratch *sc, const double *v, size_t stride, size_t *cols,
+                              size_t k, int longest, const double *ss_all, size_t x0,
+                              const size_t *xs, const size_t *passes)
 {
     const double *lo = sc->lo, *hi = sc->hi;
-    double *restrict length = sc->tmp;
     size_t *restrict group = sc->order, *restrict offset = sc->offset;
-    for (size_t t = 0; t < k; t++) length[t] = hi[cols[t]] - lo[cols[t]];
     const size_t cap = sc->capacity;
-    size_t placed = 0;
-    for (int m = longest; m >= 1 && placed < k; m--) {
-        size_t c = 0; /* select_columns' loop, taking the columns' indices */
-        for (size_t t = 0; t < k; t++) {
-            group[c] = cols[t];
-            c += length[t] == m;
+    size_t left = k; /* cols[0 .. left): not yet queued */
+    for (int m = longest; m >= 1 && left > 0; m--) {
+        size_t c = 0, r = 0; /* select_columns' loop, splitting the columns */
+        for (size_t t = 0; t < left; t++) {
+            const size_t j = cols[t];
+            const size_t here = hi[j] - lo[j] == m;
+            group[c] = j;
+            cols[r] = j;
+            c += here;
+            r += 1 - here;
         }
+        left = r;
         if (c == 0) continue;
-        placed += c;
         md_bucket *bk = &sc->bucket[m];
         const size_t base = bk->count;
         for (size_t u = 0; u < c; u++) {
