@@ -271,6 +271,25 @@ def test_rows_that_fill_the_queue_give_the_bits_of_one_pixel_at_a_time(n, rng):
             )
 
 
+@pytest.mark.parametrize("n", [2, 3, 4, 11, 24, 30])
+def test_median_of_a_clean_tile_gives_the_bits_of_a_tile_with_a_bad_value(n, rng):
+    """A clean tile's median and variance come from the kernels for n frames
+    (up to 24) or the full network; a tile with a bad value takes each column
+    alone. A NaN in one column sends its tile down the second path: every
+    other column of that tile must get the bits the first path gave it."""
+    values = rng.standard_t(2, (n, 3, 700)) * 3.0 + 100.0
+    values[:, 1] = np.round(values[:, 1])  # ties
+    clean = combine(list(values), "median", dtype="float64")
+    values[0, :, 400] = np.nan
+    marked = combine(list(values), "median", dtype="float64")
+    others = np.arange(values.shape[2]) != 400
+    for name in ("data", "variance", "npix", "nrejected"):
+        np.testing.assert_array_equal(
+            getattr(marked, name)[:, others], getattr(clean, name)[:, others], err_msg=name
+        )
+    assert (marked.npix[:, 400] == n - 1).all()
+
+
 def test_writes_into_given_planes_of_any_layout(rng):
     frames = [rng.normal(100.0, 5.0, (9, 21)) for _ in range(5)]
     expected = combine(frames, "sigclip", dtype="float64")
