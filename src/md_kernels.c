@@ -146,8 +146,8 @@ MD_HOT static void md_kpass_mad_3(const double *const *rows, size_t w,
         const double above_b = (v2_b > high_b ? 1.0 : 0.0);
         const double na_a = below_a, nb_a = 3.0 - above_a > na_a ? 3.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 3.0 - above_b > na_b ? 3.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 3.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 3.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (3.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (3.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 3.0;
@@ -183,7 +183,7 @@ MD_HOT static void md_kpass_mad_3(const double *const *rows, size_t w,
         const double below = (v0 < low ? 1.0 : 0.0);
         const double above = (v2 > high ? 1.0 : 0.0);
         const double na = below, nb = 3.0 - above > na ? 3.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 3.0)) | (na == nb));
+        const int still = (nb - na) * (3.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 3.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -243,8 +243,8 @@ MD_HOT static void md_kpass_std_3(const double *const *rows, size_t w,
         const double above_b = (((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + (v2_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 3.0 - above_a > na_a ? 3.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 3.0 - above_b > na_b ? 3.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 3.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 3.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (3.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (3.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 3.0;
@@ -277,7 +277,7 @@ MD_HOT static void md_kpass_std_3(const double *const *rows, size_t w,
         const double below = (((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + (v2 < low ? 1.0 : 0.0));
         const double above = (((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + (v2 > high ? 1.0 : 0.0));
         const double na = below, nb = 3.0 - above > na ? 3.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 3.0)) | (na == nb));
+        const int still = (nb - na) * (3.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 3.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -409,8 +409,8 @@ MD_HOT static void md_kpass_mad_4(const double *const *rows, size_t w,
         const double above_b = ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 4.0 - above_a > na_a ? 4.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 4.0 - above_b > na_b ? 4.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 4.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 4.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (4.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (4.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 4.0;
@@ -456,7 +456,7 @@ MD_HOT static void md_kpass_mad_4(const double *const *rows, size_t w,
         const double below = ((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0));
         const double above = ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0));
         const double na = below, nb = 4.0 - above > na ? 4.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 4.0)) | (na == nb));
+        const int still = (nb - na) * (4.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 4.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -523,8 +523,8 @@ MD_HOT static void md_kpass_std_4(const double *const *rows, size_t w,
         const double above_b = (((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0)));
         const double na_a = below_a, nb_a = 4.0 - above_a > na_a ? 4.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 4.0 - above_b > na_b ? 4.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 4.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 4.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (4.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (4.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 4.0;
@@ -560,7 +560,7 @@ MD_HOT static void md_kpass_std_4(const double *const *rows, size_t w,
         const double below = (((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0)));
         const double above = (((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0)));
         const double na = below, nb = 4.0 - above > na ? 4.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 4.0)) | (na == nb));
+        const int still = (nb - na) * (4.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 4.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -705,8 +705,8 @@ MD_HOT static void md_kpass_mad_5(const double *const *rows, size_t w,
         const double above_b = ((v3_b > high_b ? 1.0 : 0.0) + (v4_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 5.0 - above_a > na_a ? 5.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 5.0 - above_b > na_b ? 5.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 5.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 5.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (5.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (5.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 5.0;
@@ -752,7 +752,7 @@ MD_HOT static void md_kpass_mad_5(const double *const *rows, size_t w,
         const double below = ((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0));
         const double above = ((v3 > high ? 1.0 : 0.0) + (v4 > high ? 1.0 : 0.0));
         const double na = below, nb = 5.0 - above > na ? 5.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 5.0)) | (na == nb));
+        const int still = (nb - na) * (5.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 5.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -826,8 +826,8 @@ MD_HOT static void md_kpass_std_5(const double *const *rows, size_t w,
         const double above_b = ((((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0))) + (v4_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 5.0 - above_a > na_a ? 5.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 5.0 - above_b > na_b ? 5.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 5.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 5.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (5.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (5.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 5.0;
@@ -866,7 +866,7 @@ MD_HOT static void md_kpass_std_5(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (v4 < low ? 1.0 : 0.0));
         const double above = ((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (v4 > high ? 1.0 : 0.0));
         const double na = below, nb = 5.0 - above > na ? 5.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 5.0)) | (na == nb));
+        const int still = (nb - na) * (5.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 5.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -1048,8 +1048,8 @@ MD_HOT static void md_kpass_mad_6(const double *const *rows, size_t w,
         const double above_b = (((v3_b > high_b ? 1.0 : 0.0) + (v4_b > high_b ? 1.0 : 0.0)) + (v5_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 6.0 - above_a > na_a ? 6.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 6.0 - above_b > na_b ? 6.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 6.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 6.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (6.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (6.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 6.0;
@@ -1107,7 +1107,7 @@ MD_HOT static void md_kpass_mad_6(const double *const *rows, size_t w,
         const double below = (((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + (v2 < low ? 1.0 : 0.0));
         const double above = (((v3 > high ? 1.0 : 0.0) + (v4 > high ? 1.0 : 0.0)) + (v5 > high ? 1.0 : 0.0));
         const double na = below, nb = 6.0 - above > na ? 6.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 6.0)) | (na == nb));
+        const int still = (nb - na) * (6.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 6.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -1188,8 +1188,8 @@ MD_HOT static void md_kpass_std_6(const double *const *rows, size_t w,
         const double above_b = ((((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0))) + ((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)));
         const double na_a = below_a, nb_a = 6.0 - above_a > na_a ? 6.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 6.0 - above_b > na_b ? 6.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 6.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 6.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (6.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (6.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 6.0;
@@ -1231,7 +1231,7 @@ MD_HOT static void md_kpass_std_6(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + ((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)));
         const double above = ((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + ((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)));
         const double na = below, nb = 6.0 - above > na ? 6.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 6.0)) | (na == nb));
+        const int still = (nb - na) * (6.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 6.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -1421,8 +1421,8 @@ MD_HOT static void md_kpass_mad_7(const double *const *rows, size_t w,
         const double above_b = (((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)) + (v6_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 7.0 - above_a > na_a ? 7.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 7.0 - above_b > na_b ? 7.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 7.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 7.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (7.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (7.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 7.0;
@@ -1478,7 +1478,7 @@ MD_HOT static void md_kpass_mad_7(const double *const *rows, size_t w,
         const double below = (((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + (v2 < low ? 1.0 : 0.0));
         const double above = (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + (v6 > high ? 1.0 : 0.0));
         const double na = below, nb = 7.0 - above > na ? 7.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 7.0)) | (na == nb));
+        const int still = (nb - na) * (7.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 7.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -1566,8 +1566,8 @@ MD_HOT static void md_kpass_std_7(const double *const *rows, size_t w,
         const double above_b = ((((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0))) + (((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)) + (v6_b > high_b ? 1.0 : 0.0)));
         const double na_a = below_a, nb_a = 7.0 - above_a > na_a ? 7.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 7.0 - above_b > na_b ? 7.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 7.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 7.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (7.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (7.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 7.0;
@@ -1612,7 +1612,7 @@ MD_HOT static void md_kpass_std_7(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + (v6 < low ? 1.0 : 0.0)));
         const double above = ((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + (v6 > high ? 1.0 : 0.0)));
         const double na = below, nb = 7.0 - above > na ? 7.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 7.0)) | (na == nb));
+        const int still = (nb - na) * (7.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 7.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -1842,8 +1842,8 @@ MD_HOT static void md_kpass_mad_8(const double *const *rows, size_t w,
         const double above_b = (((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)) + ((v6_b > high_b ? 1.0 : 0.0) + (v7_b > high_b ? 1.0 : 0.0)));
         const double na_a = below_a, nb_a = 8.0 - above_a > na_a ? 8.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 8.0 - above_b > na_b ? 8.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 8.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 8.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (8.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (8.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 8.0;
@@ -1913,7 +1913,7 @@ MD_HOT static void md_kpass_mad_8(const double *const *rows, size_t w,
         const double below = (((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0)));
         const double above = (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)));
         const double na = below, nb = 8.0 - above > na ? 8.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 8.0)) | (na == nb));
+        const int still = (nb - na) * (8.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 8.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -2008,8 +2008,8 @@ MD_HOT static void md_kpass_std_8(const double *const *rows, size_t w,
         const double above_b = ((((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0))) + (((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)) + ((v6_b > high_b ? 1.0 : 0.0) + (v7_b > high_b ? 1.0 : 0.0))));
         const double na_a = below_a, nb_a = 8.0 - above_a > na_a ? 8.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 8.0 - above_b > na_b ? 8.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 8.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 8.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (8.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (8.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 8.0;
@@ -2057,7 +2057,7 @@ MD_HOT static void md_kpass_std_8(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0))));
         const double above = ((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0))));
         const double na = below, nb = 8.0 - above > na ? 8.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 8.0)) | (na == nb));
+        const int still = (nb - na) * (8.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 8.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -2301,8 +2301,8 @@ MD_HOT static void md_kpass_mad_9(const double *const *rows, size_t w,
         const double above_b = (((v5_b > high_b ? 1.0 : 0.0) + (v6_b > high_b ? 1.0 : 0.0)) + ((v7_b > high_b ? 1.0 : 0.0) + (v8_b > high_b ? 1.0 : 0.0)));
         const double na_a = below_a, nb_a = 9.0 - above_a > na_a ? 9.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 9.0 - above_b > na_b ? 9.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 9.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 9.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (9.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (9.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 9.0;
@@ -2368,7 +2368,7 @@ MD_HOT static void md_kpass_mad_9(const double *const *rows, size_t w,
         const double below = (((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0)));
         const double above = (((v5 > high ? 1.0 : 0.0) + (v6 > high ? 1.0 : 0.0)) + ((v7 > high ? 1.0 : 0.0) + (v8 > high ? 1.0 : 0.0)));
         const double na = below, nb = 9.0 - above > na ? 9.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 9.0)) | (na == nb));
+        const int still = (nb - na) * (9.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 9.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -2470,8 +2470,8 @@ MD_HOT static void md_kpass_std_9(const double *const *rows, size_t w,
         const double above_b = (((((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0))) + (((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)) + ((v6_b > high_b ? 1.0 : 0.0) + (v7_b > high_b ? 1.0 : 0.0)))) + (v8_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 9.0 - above_a > na_a ? 9.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 9.0 - above_b > na_b ? 9.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 9.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 9.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (9.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (9.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 9.0;
@@ -2522,7 +2522,7 @@ MD_HOT static void md_kpass_std_9(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + (v8 < low ? 1.0 : 0.0));
         const double above = (((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + (v8 > high ? 1.0 : 0.0));
         const double na = below, nb = 9.0 - above > na ? 9.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 9.0)) | (na == nb));
+        const int still = (nb - na) * (9.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 9.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -2813,8 +2813,8 @@ MD_HOT static void md_kpass_mad_10(const double *const *rows, size_t w,
         const double above_b = ((((v5_b > high_b ? 1.0 : 0.0) + (v6_b > high_b ? 1.0 : 0.0)) + ((v7_b > high_b ? 1.0 : 0.0) + (v8_b > high_b ? 1.0 : 0.0))) + (v9_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 10.0 - above_a > na_a ? 10.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 10.0 - above_b > na_b ? 10.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 10.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 10.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (10.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (10.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 10.0;
@@ -2896,7 +2896,7 @@ MD_HOT static void md_kpass_mad_10(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (v4 < low ? 1.0 : 0.0));
         const double above = ((((v5 > high ? 1.0 : 0.0) + (v6 > high ? 1.0 : 0.0)) + ((v7 > high ? 1.0 : 0.0) + (v8 > high ? 1.0 : 0.0))) + (v9 > high ? 1.0 : 0.0));
         const double na = below, nb = 10.0 - above > na ? 10.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 10.0)) | (na == nb));
+        const int still = (nb - na) * (10.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 10.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -3005,8 +3005,8 @@ MD_HOT static void md_kpass_std_10(const double *const *rows, size_t w,
         const double above_b = (((((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0))) + (((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)) + ((v6_b > high_b ? 1.0 : 0.0) + (v7_b > high_b ? 1.0 : 0.0)))) + ((v8_b > high_b ? 1.0 : 0.0) + (v9_b > high_b ? 1.0 : 0.0)));
         const double na_a = below_a, nb_a = 10.0 - above_a > na_a ? 10.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 10.0 - above_b > na_b ? 10.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 10.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 10.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (10.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (10.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 10.0;
@@ -3060,7 +3060,7 @@ MD_HOT static void md_kpass_std_10(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)));
         const double above = (((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)));
         const double na = below, nb = 10.0 - above > na ? 10.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 10.0)) | (na == nb));
+        const int still = (nb - na) * (10.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 10.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -3354,8 +3354,8 @@ MD_HOT static void md_kpass_mad_11(const double *const *rows, size_t w,
         const double above_b = ((((v6_b > high_b ? 1.0 : 0.0) + (v7_b > high_b ? 1.0 : 0.0)) + ((v8_b > high_b ? 1.0 : 0.0) + (v9_b > high_b ? 1.0 : 0.0))) + (v10_b > high_b ? 1.0 : 0.0));
         const double na_a = below_a, nb_a = 11.0 - above_a > na_a ? 11.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 11.0 - above_b > na_b ? 11.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 11.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 11.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (11.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (11.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 11.0;
@@ -3431,7 +3431,7 @@ MD_HOT static void md_kpass_mad_11(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (v4 < low ? 1.0 : 0.0));
         const double above = ((((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)) + ((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0))) + (v10 > high ? 1.0 : 0.0));
         const double na = below, nb = 11.0 - above > na ? 11.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 11.0)) | (na == nb));
+        const int still = (nb - na) * (11.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 11.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -3547,8 +3547,8 @@ MD_HOT static void md_kpass_std_11(const double *const *rows, size_t w,
         const double above_b = (((((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0))) + (((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)) + ((v6_b > high_b ? 1.0 : 0.0) + (v7_b > high_b ? 1.0 : 0.0)))) + (((v8_b > high_b ? 1.0 : 0.0) + (v9_b > high_b ? 1.0 : 0.0)) + (v10_b > high_b ? 1.0 : 0.0)));
         const double na_a = below_a, nb_a = 11.0 - above_a > na_a ? 11.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 11.0 - above_b > na_b ? 11.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 11.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 11.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (11.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (11.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 11.0;
@@ -3605,7 +3605,7 @@ MD_HOT static void md_kpass_std_11(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + (((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + (v10 < low ? 1.0 : 0.0)));
         const double above = (((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + (((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + (v10 > high ? 1.0 : 0.0)));
         const double na = below, nb = 11.0 - above > na ? 11.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 11.0)) | (na == nb));
+        const int still = (nb - na) * (11.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 11.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -3948,8 +3948,8 @@ MD_HOT static void md_kpass_mad_12(const double *const *rows, size_t w,
         const double above_b = ((((v6_b > high_b ? 1.0 : 0.0) + (v7_b > high_b ? 1.0 : 0.0)) + ((v8_b > high_b ? 1.0 : 0.0) + (v9_b > high_b ? 1.0 : 0.0))) + ((v10_b > high_b ? 1.0 : 0.0) + (v11_b > high_b ? 1.0 : 0.0)));
         const double na_a = below_a, nb_a = 12.0 - above_a > na_a ? 12.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 12.0 - above_b > na_b ? 12.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 12.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 12.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (12.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (12.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 12.0;
@@ -4043,7 +4043,7 @@ MD_HOT static void md_kpass_mad_12(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + ((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)));
         const double above = ((((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)) + ((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0))) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0)));
         const double na = below, nb = 12.0 - above > na ? 12.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 12.0)) | (na == nb));
+        const int still = (nb - na) * (12.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 12.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -4166,8 +4166,8 @@ MD_HOT static void md_kpass_std_12(const double *const *rows, size_t w,
         const double above_b = (((((v0_b > high_b ? 1.0 : 0.0) + (v1_b > high_b ? 1.0 : 0.0)) + ((v2_b > high_b ? 1.0 : 0.0) + (v3_b > high_b ? 1.0 : 0.0))) + (((v4_b > high_b ? 1.0 : 0.0) + (v5_b > high_b ? 1.0 : 0.0)) + ((v6_b > high_b ? 1.0 : 0.0) + (v7_b > high_b ? 1.0 : 0.0)))) + (((v8_b > high_b ? 1.0 : 0.0) + (v9_b > high_b ? 1.0 : 0.0)) + ((v10_b > high_b ? 1.0 : 0.0) + (v11_b > high_b ? 1.0 : 0.0))));
         const double na_a = below_a, nb_a = 12.0 - above_a > na_a ? 12.0 - above_a : na_a;
         const double na_b = below_b, nb_b = 12.0 - above_b > na_b ? 12.0 - above_b : na_b;
-        const int still_a = !(((na_a == 0.0) & (nb_a == 12.0)) | (na_a == nb_a));
-        const int still_b = !(((na_b == 0.0) & (nb_b == 12.0)) | (na_b == nb_b));
+        const int still_a = (nb_a - na_a) * (12.0 - (nb_a - na_a)) > 0.0;
+        const int still_b = (nb_b - na_b) * (12.0 - (nb_b - na_b)) > 0.0;
         lo[x] = still_a ? na_a : 0.0;
         lo[x + h] = still_b ? na_b : 0.0;
         hi[x] = still_a ? nb_a : 12.0;
@@ -4227,7 +4227,7 @@ MD_HOT static void md_kpass_std_12(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + (((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))));
         const double above = (((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + (((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))));
         const double na = below, nb = 12.0 - above > na ? 12.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 12.0)) | (na == nb));
+        const int still = (nb - na) * (12.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 12.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -4496,7 +4496,7 @@ MD_HOT static void md_kpass_mad_13(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + ((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)));
         const double above = ((((v7 > high ? 1.0 : 0.0) + (v8 > high ? 1.0 : 0.0)) + ((v9 > high ? 1.0 : 0.0) + (v10 > high ? 1.0 : 0.0))) + ((v11 > high ? 1.0 : 0.0) + (v12 > high ? 1.0 : 0.0)));
         const double na = below, nb = 13.0 - above > na ? 13.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 13.0)) | (na == nb));
+        const int still = (nb - na) * (13.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 13.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -4575,7 +4575,7 @@ MD_HOT static void md_kpass_std_13(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (v12 < low ? 1.0 : 0.0)));
         const double above = (((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (v12 > high ? 1.0 : 0.0)));
         const double na = below, nb = 13.0 - above > na ? 13.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 13.0)) | (na == nb));
+        const int still = (nb - na) * (13.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 13.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -4882,7 +4882,7 @@ MD_HOT static void md_kpass_mad_14(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + (v6 < low ? 1.0 : 0.0)));
         const double above = ((((v7 > high ? 1.0 : 0.0) + (v8 > high ? 1.0 : 0.0)) + ((v9 > high ? 1.0 : 0.0) + (v10 > high ? 1.0 : 0.0))) + (((v11 > high ? 1.0 : 0.0) + (v12 > high ? 1.0 : 0.0)) + (v13 > high ? 1.0 : 0.0)));
         const double na = below, nb = 14.0 - above > na ? 14.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 14.0)) | (na == nb));
+        const int still = (nb - na) * (14.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 14.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -4965,7 +4965,7 @@ MD_HOT static void md_kpass_std_14(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + ((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0))));
         const double above = (((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + ((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0))));
         const double na = below, nb = 14.0 - above > na ? 14.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 14.0)) | (na == nb));
+        const int still = (nb - na) * (14.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 14.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -5277,7 +5277,7 @@ MD_HOT static void md_kpass_mad_15(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + (v6 < low ? 1.0 : 0.0)));
         const double above = ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + (v14 > high ? 1.0 : 0.0)));
         const double na = below, nb = 15.0 - above > na ? 15.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 15.0)) | (na == nb));
+        const int still = (nb - na) * (15.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 15.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -5364,7 +5364,7 @@ MD_HOT static void md_kpass_std_15(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + (v14 < low ? 1.0 : 0.0))));
         const double above = (((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + (v14 > high ? 1.0 : 0.0))));
         const double na = below, nb = 15.0 - above > na ? 15.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 15.0)) | (na == nb));
+        const int still = (nb - na) * (15.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 15.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -5712,7 +5712,7 @@ MD_HOT static void md_kpass_mad_16(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0))));
         const double above = ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))));
         const double na = below, nb = 16.0 - above > na ? 16.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 16.0)) | (na == nb));
+        const int still = (nb - na) * (16.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 16.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -5803,7 +5803,7 @@ MD_HOT static void md_kpass_std_16(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0)))));
         const double above = (((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0)))));
         const double na = below, nb = 16.0 - above > na ? 16.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 16.0)) | (na == nb));
+        const int still = (nb - na) * (16.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 16.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -6184,7 +6184,7 @@ MD_HOT static void md_kpass_mad_17(const double *const *rows, size_t w,
         const double below = ((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0))));
         const double above = ((((v9 > high ? 1.0 : 0.0) + (v10 > high ? 1.0 : 0.0)) + ((v11 > high ? 1.0 : 0.0) + (v12 > high ? 1.0 : 0.0))) + (((v13 > high ? 1.0 : 0.0) + (v14 > high ? 1.0 : 0.0)) + ((v15 > high ? 1.0 : 0.0) + (v16 > high ? 1.0 : 0.0))));
         const double na = below, nb = 17.0 - above > na ? 17.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 17.0)) | (na == nb));
+        const int still = (nb - na) * (17.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 17.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -6279,7 +6279,7 @@ MD_HOT static void md_kpass_std_17(const double *const *rows, size_t w,
         const double below = ((((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0))))) + (v16 < low ? 1.0 : 0.0));
         const double above = ((((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))))) + (v16 > high ? 1.0 : 0.0));
         const double na = below, nb = 17.0 - above > na ? 17.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 17.0)) | (na == nb));
+        const int still = (nb - na) * (17.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 17.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -6702,7 +6702,7 @@ MD_HOT static void md_kpass_mad_18(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + (v8 < low ? 1.0 : 0.0));
         const double above = (((((v9 > high ? 1.0 : 0.0) + (v10 > high ? 1.0 : 0.0)) + ((v11 > high ? 1.0 : 0.0) + (v12 > high ? 1.0 : 0.0))) + (((v13 > high ? 1.0 : 0.0) + (v14 > high ? 1.0 : 0.0)) + ((v15 > high ? 1.0 : 0.0) + (v16 > high ? 1.0 : 0.0)))) + (v17 > high ? 1.0 : 0.0));
         const double na = below, nb = 18.0 - above > na ? 18.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 18.0)) | (na == nb));
+        const int still = (nb - na) * (18.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 18.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -6801,7 +6801,7 @@ MD_HOT static void md_kpass_std_18(const double *const *rows, size_t w,
         const double below = ((((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0))))) + ((v16 < low ? 1.0 : 0.0) + (v17 < low ? 1.0 : 0.0)));
         const double above = ((((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))))) + ((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)));
         const double na = below, nb = 18.0 - above > na ? 18.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 18.0)) | (na == nb));
+        const int still = (nb - na) * (18.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 18.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -7226,7 +7226,7 @@ MD_HOT static void md_kpass_mad_19(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + (v8 < low ? 1.0 : 0.0));
         const double above = (((((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0)) + ((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0))) + (((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0)) + ((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)))) + (v18 > high ? 1.0 : 0.0));
         const double na = below, nb = 19.0 - above > na ? 19.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 19.0)) | (na == nb));
+        const int still = (nb - na) * (19.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 19.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -7329,7 +7329,7 @@ MD_HOT static void md_kpass_std_19(const double *const *rows, size_t w,
         const double below = ((((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0))))) + (((v16 < low ? 1.0 : 0.0) + (v17 < low ? 1.0 : 0.0)) + (v18 < low ? 1.0 : 0.0)));
         const double above = ((((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))))) + (((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)) + (v18 > high ? 1.0 : 0.0)));
         const double na = below, nb = 19.0 - above > na ? 19.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 19.0)) | (na == nb));
+        const int still = (nb - na) * (19.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 19.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -7796,7 +7796,7 @@ MD_HOT static void md_kpass_mad_20(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)));
         const double above = (((((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0)) + ((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0))) + (((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0)) + ((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)))) + ((v18 > high ? 1.0 : 0.0) + (v19 > high ? 1.0 : 0.0)));
         const double na = below, nb = 20.0 - above > na ? 20.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 20.0)) | (na == nb));
+        const int still = (nb - na) * (20.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 20.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -7903,7 +7903,7 @@ MD_HOT static void md_kpass_std_20(const double *const *rows, size_t w,
         const double below = ((((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0))))) + (((v16 < low ? 1.0 : 0.0) + (v17 < low ? 1.0 : 0.0)) + ((v18 < low ? 1.0 : 0.0) + (v19 < low ? 1.0 : 0.0))));
         const double above = ((((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))))) + (((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)) + ((v18 > high ? 1.0 : 0.0) + (v19 > high ? 1.0 : 0.0))));
         const double na = below, nb = 20.0 - above > na ? 20.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 20.0)) | (na == nb));
+        const int still = (nb - na) * (20.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 20.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -8376,7 +8376,7 @@ MD_HOT static void md_kpass_mad_21(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)));
         const double above = (((((v11 > high ? 1.0 : 0.0) + (v12 > high ? 1.0 : 0.0)) + ((v13 > high ? 1.0 : 0.0) + (v14 > high ? 1.0 : 0.0))) + (((v15 > high ? 1.0 : 0.0) + (v16 > high ? 1.0 : 0.0)) + ((v17 > high ? 1.0 : 0.0) + (v18 > high ? 1.0 : 0.0)))) + ((v19 > high ? 1.0 : 0.0) + (v20 > high ? 1.0 : 0.0)));
         const double na = below, nb = 21.0 - above > na ? 21.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 21.0)) | (na == nb));
+        const int still = (nb - na) * (21.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 21.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -8487,7 +8487,7 @@ MD_HOT static void md_kpass_std_21(const double *const *rows, size_t w,
         const double below = ((((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0))))) + ((((v16 < low ? 1.0 : 0.0) + (v17 < low ? 1.0 : 0.0)) + ((v18 < low ? 1.0 : 0.0) + (v19 < low ? 1.0 : 0.0))) + (v20 < low ? 1.0 : 0.0)));
         const double above = ((((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))))) + ((((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)) + ((v18 > high ? 1.0 : 0.0) + (v19 > high ? 1.0 : 0.0))) + (v20 > high ? 1.0 : 0.0)));
         const double na = below, nb = 21.0 - above > na ? 21.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 21.0)) | (na == nb));
+        const int still = (nb - na) * (21.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 21.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -9011,7 +9011,7 @@ MD_HOT static void md_kpass_mad_22(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + (((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + (v10 < low ? 1.0 : 0.0)));
         const double above = (((((v11 > high ? 1.0 : 0.0) + (v12 > high ? 1.0 : 0.0)) + ((v13 > high ? 1.0 : 0.0) + (v14 > high ? 1.0 : 0.0))) + (((v15 > high ? 1.0 : 0.0) + (v16 > high ? 1.0 : 0.0)) + ((v17 > high ? 1.0 : 0.0) + (v18 > high ? 1.0 : 0.0)))) + (((v19 > high ? 1.0 : 0.0) + (v20 > high ? 1.0 : 0.0)) + (v21 > high ? 1.0 : 0.0)));
         const double na = below, nb = 22.0 - above > na ? 22.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 22.0)) | (na == nb));
+        const int still = (nb - na) * (22.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 22.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -9126,7 +9126,7 @@ MD_HOT static void md_kpass_std_22(const double *const *rows, size_t w,
         const double below = ((((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0))))) + ((((v16 < low ? 1.0 : 0.0) + (v17 < low ? 1.0 : 0.0)) + ((v18 < low ? 1.0 : 0.0) + (v19 < low ? 1.0 : 0.0))) + ((v20 < low ? 1.0 : 0.0) + (v21 < low ? 1.0 : 0.0))));
         const double above = ((((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))))) + ((((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)) + ((v18 > high ? 1.0 : 0.0) + (v19 > high ? 1.0 : 0.0))) + ((v20 > high ? 1.0 : 0.0) + (v21 > high ? 1.0 : 0.0))));
         const double na = below, nb = 22.0 - above > na ? 22.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 22.0)) | (na == nb));
+        const int still = (nb - na) * (22.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 22.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -9649,7 +9649,7 @@ MD_HOT static void md_kpass_mad_23(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + (((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + (v10 < low ? 1.0 : 0.0)));
         const double above = (((((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))) + (((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)) + ((v18 > high ? 1.0 : 0.0) + (v19 > high ? 1.0 : 0.0)))) + (((v20 > high ? 1.0 : 0.0) + (v21 > high ? 1.0 : 0.0)) + (v22 > high ? 1.0 : 0.0)));
         const double na = below, nb = 23.0 - above > na ? 23.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 23.0)) | (na == nb));
+        const int still = (nb - na) * (23.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 23.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -9768,7 +9768,7 @@ MD_HOT static void md_kpass_std_23(const double *const *rows, size_t w,
         const double below = ((((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0))))) + ((((v16 < low ? 1.0 : 0.0) + (v17 < low ? 1.0 : 0.0)) + ((v18 < low ? 1.0 : 0.0) + (v19 < low ? 1.0 : 0.0))) + (((v20 < low ? 1.0 : 0.0) + (v21 < low ? 1.0 : 0.0)) + (v22 < low ? 1.0 : 0.0))));
         const double above = ((((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))))) + ((((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)) + ((v18 > high ? 1.0 : 0.0) + (v19 > high ? 1.0 : 0.0))) + (((v20 > high ? 1.0 : 0.0) + (v21 > high ? 1.0 : 0.0)) + (v22 > high ? 1.0 : 0.0))));
         const double na = below, nb = 23.0 - above > na ? 23.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 23.0)) | (na == nb));
+        const int still = (nb - na) * (23.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 23.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -10336,7 +10336,7 @@ MD_HOT static void md_kpass_mad_24(const double *const *rows, size_t w,
         const double below = (((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + (((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))));
         const double above = (((((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))) + (((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)) + ((v18 > high ? 1.0 : 0.0) + (v19 > high ? 1.0 : 0.0)))) + (((v20 > high ? 1.0 : 0.0) + (v21 > high ? 1.0 : 0.0)) + ((v22 > high ? 1.0 : 0.0) + (v23 > high ? 1.0 : 0.0))));
         const double na = below, nb = 24.0 - above > na ? 24.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 24.0)) | (na == nb));
+        const int still = (nb - na) * (24.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 24.0;
         moving[x] = still ? 1.0 : 0.0;
@@ -10459,7 +10459,7 @@ MD_HOT static void md_kpass_std_24(const double *const *rows, size_t w,
         const double below = ((((((v0 < low ? 1.0 : 0.0) + (v1 < low ? 1.0 : 0.0)) + ((v2 < low ? 1.0 : 0.0) + (v3 < low ? 1.0 : 0.0))) + (((v4 < low ? 1.0 : 0.0) + (v5 < low ? 1.0 : 0.0)) + ((v6 < low ? 1.0 : 0.0) + (v7 < low ? 1.0 : 0.0)))) + ((((v8 < low ? 1.0 : 0.0) + (v9 < low ? 1.0 : 0.0)) + ((v10 < low ? 1.0 : 0.0) + (v11 < low ? 1.0 : 0.0))) + (((v12 < low ? 1.0 : 0.0) + (v13 < low ? 1.0 : 0.0)) + ((v14 < low ? 1.0 : 0.0) + (v15 < low ? 1.0 : 0.0))))) + ((((v16 < low ? 1.0 : 0.0) + (v17 < low ? 1.0 : 0.0)) + ((v18 < low ? 1.0 : 0.0) + (v19 < low ? 1.0 : 0.0))) + (((v20 < low ? 1.0 : 0.0) + (v21 < low ? 1.0 : 0.0)) + ((v22 < low ? 1.0 : 0.0) + (v23 < low ? 1.0 : 0.0)))));
         const double above = ((((((v0 > high ? 1.0 : 0.0) + (v1 > high ? 1.0 : 0.0)) + ((v2 > high ? 1.0 : 0.0) + (v3 > high ? 1.0 : 0.0))) + (((v4 > high ? 1.0 : 0.0) + (v5 > high ? 1.0 : 0.0)) + ((v6 > high ? 1.0 : 0.0) + (v7 > high ? 1.0 : 0.0)))) + ((((v8 > high ? 1.0 : 0.0) + (v9 > high ? 1.0 : 0.0)) + ((v10 > high ? 1.0 : 0.0) + (v11 > high ? 1.0 : 0.0))) + (((v12 > high ? 1.0 : 0.0) + (v13 > high ? 1.0 : 0.0)) + ((v14 > high ? 1.0 : 0.0) + (v15 > high ? 1.0 : 0.0))))) + ((((v16 > high ? 1.0 : 0.0) + (v17 > high ? 1.0 : 0.0)) + ((v18 > high ? 1.0 : 0.0) + (v19 > high ? 1.0 : 0.0))) + (((v20 > high ? 1.0 : 0.0) + (v21 > high ? 1.0 : 0.0)) + ((v22 > high ? 1.0 : 0.0) + (v23 > high ? 1.0 : 0.0)))));
         const double na = below, nb = 24.0 - above > na ? 24.0 - above : na;
-        const int still = !(((na == 0.0) & (nb == 24.0)) | (na == nb));
+        const int still = (nb - na) * (24.0 - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : 24.0;
         moving[x] = still ? 1.0 : 0.0;
