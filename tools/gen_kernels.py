@@ -206,8 +206,8 @@ def pass_body(n: int, spread: str) -> list[str]:
         # everything; the stores of the run, whether it moved, the moments.
         # As 0 <= na <= nb <= n, `still` is clip_pass's !((na == 0 & nb == n)
         # | na == nb): the new run's length L is neither n nor 0, L (n - L) > 0
-        # (exact), a form GCC 12 vectorises for every n (clip_pass's is not
-        # vectorised for n = 4 and 5, nor some others, in these loops).
+        # (exact), a form GCC 12 vectorises for every n (with clip_pass's, it
+        # left the loops of n = 4 and 5, and n = 3's last loop, scalar).
         f"const double na = below, nb = {n}.0 - above > na ? {n}.0 - above : na;",
         f"const int still = (nb - na) * ({n}.0 - (nb - na)) > 0.0;",
         "lo[x] = still ? na : 0.0;",
