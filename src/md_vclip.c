@@ -204,7 +204,9 @@ MD_INLINE void clip_pass(const md_params *p, const double *v, size_t stride, int
     double *restrict lo = sc->lo, *restrict hi = sc->hi, *restrict moving = sc->moving;
     for (size_t x = 0; x < w; x++) {
         const double na = below[x], nb = used - above[x] > na ? used - above[x] : na;
-        const int still = !(((na == 0.0) & (nb == used)) | (na == nb));
+        /* As 0 <= na <= nb <= m, the new run's length L is neither m (nothing
+         * rejected) nor 0 (everything): L (m - L) > 0, exact. */
+        const int still = (nb - na) * (used - (nb - na)) > 0.0;
         lo[x] = still ? na : 0.0;
         hi[x] = still ? nb : used;
         moving[x] = still ? 1.0 : 0.0;
@@ -359,8 +361,8 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     }
     default: break;
     }
-    /* Room for every column of the tile (a flush uses the scratch). */
-    if (sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes, out, y);
+    /* Room in the queue for every column of the tile (a flush uses the scratch). */
+    if (sc->queue && sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes, out, y);
     /* The first pass, and the results of the columns that stopped. */
     pass_and_moments(p, generated_pass(p, sc->kernels), tile, stride, n, w, sc);
     finish_runs(p, n, n, w, sc->c, sc->s, value, variance, npix, nrej);

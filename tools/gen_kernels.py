@@ -204,10 +204,9 @@ def pass_body(n: int, spread: str) -> list[str]:
         f"const double above = {above};",
         # The run [0, n) becomes [na, nb) unless the pass rejected nothing or
         # everything; the stores of the run, whether it moved, the moments.
-        # As 0 <= na <= nb <= n, `still` is clip_pass's !((na == 0 & nb == n)
-        # | na == nb): the new run's length L is neither n nor 0, L (n - L) > 0
-        # (exact), a form GCC 12 vectorises for every n (with clip_pass's, it
-        # left the loops of n = 4 and 5, and n = 3's last loop, scalar).
+        # `still` as clip_pass's test: L (n - L) > 0 for the new length L. GCC
+        # 12 vectorises it for every n; !((na == 0 & nb == n) | na == nb), the
+        # same truth, left the loops of n = 4 and 5, and n = 3's last, scalar.
         f"const double na = below, nb = {n}.0 - above > na ? {n}.0 - above : na;",
         f"const int still = (nb - na) * ({n}.0 - (nb - na)) > 0.0;",
         "lo[x] = still ? na : 0.0;",
