@@ -425,8 +425,11 @@ def _combine(method, arrays, masks, dtype, out, out_res, out_var, out_pix, zeros
         for plane, kinds in zip(planes, (_FLOAT_PLANES, _FLOAT_PLANES, _COUNT_PLANES), strict=True)
     ]
     value, variance, npix = targets
-    rejects = method.name not in ("mean", "median", "sum")
-    nrejected = np.empty(flat, _native._count_dtype(n)) if rejects else None
+    # Only minmax can leave no value of a pixel that has good ones (sigmaclip
+    # never takes a pass that rejects all; quantileclip keeps n - 2 floor(fclip n) >= 1);
+    # nrejected tells those pixels apart from pixels without a good value.
+    can_empty = method.name == "minmax"
+    nrejected = np.empty(flat, _native._count_dtype(n)) if can_empty else None
     fewest = _core.combine_into(
         frames,
         value,
@@ -443,6 +446,7 @@ def _combine(method, arrays, masks, dtype, out, out_res, out_var, out_pix, zeros
         **vectors,
         **_core_params(method, n),
         want_fewest=True,
+        variance_as_std=method.name == "sigmaclip",  # sqrt(variance * npix): the std
     )
     _numina_conventions(method, value, variance, npix, nrejected, fill, fewest)
     for plane, target in zip(planes, targets, strict=True):
@@ -551,12 +555,9 @@ def _core_params(method: CombineMethod, n: int) -> dict:
 
 
 def _numina_conventions(method, value, variance, npix, nrejected, fill, fewest) -> None:
-    """In place: sigmaclip's std, numina's variance 0 for one value, and 0, 0, 0 where
-    the parameters leave no value (fill where there is no good value).  Nothing to do
-    where every pixel has two values or more (fewest, the core's smallest npix)."""
-    if method.name == "sigmaclip":
-        variance *= npix  # the core gave s2 / npix
-        np.sqrt(variance, out=variance)
+    """In place: numina's variance 0 for one value, and 0, 0, 0 where the parameters
+    leave no value (fill where there is no good value).  Nothing to do where every
+    pixel has two values or more (fewest, the core's smallest npix)."""
     if fewest > 1:
         return
     if method.name != "sum":

@@ -69,6 +69,7 @@ cdef extern from "md_combine.h" nogil:
         md_plane variance
         md_plane npix
         md_plane nrejected
+        int variance_as_std
         double *fewest
 
     int md_combine(const md_inputs *inp, const md_params *params, const md_outputs *out,
@@ -172,10 +173,11 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
                  int maxiters=10, double sigma_floor=0.0, double gain=1.0, double rdnoise=0.0,
                  int nlow=1, int nhigh=1, double fclip=0.1, double fill=np.nan,
                  int nthreads=0, Py_ssize_t block_rows=16, Py_ssize_t rows_between_checks=0,
-                 progress=None, bint want_fewest=False):
+                 progress=None, bint want_fewest=False, bint variance_as_std=False):
     """Run the core on already validated arguments, writing into the planes;
     with want_fewest, returns the smallest npix of any pixel (inf when there
-    is no pixel, or without want_fewest).
+    is no pixel, or without want_fewest).  With variance_as_std, the variance
+    plane receives sqrt(variance * npix) (md_outputs; needs npix).
 
     frames: list of N 2-D arrays of one shape (ny, nx), any supported dtype
     and byte order; bscale/bzero/blank: N numbers (blank: int or None);
@@ -256,6 +258,9 @@ def combine_into(list frames, value, *, str method, list bscale, list bzero, lis
         _plane(&out.variance, variance, shape, True)
         _plane(&out.npix, npix, shape, False)
         _plane(&out.nrejected, nrejected, shape, False)
+        if variance_as_std and (variance is None or npix is None):
+            raise ValueError("variance_as_std needs the variance and npix planes")
+        out.variance_as_std = variance_as_std
 
         return _run(&inp, &par, &out, nthreads, block_rows, rows_between_checks, progress,
                     want_fewest)

@@ -647,6 +647,34 @@ static double store_tile(const md_outputs *out, const workspace *ws, size_t nfra
     return (double)fewest;
 }
 
+/* Row y of the variance plane replaced by sqrt(variance * npix), from the
+ * stored planes (read back, tile by tile, into ws->value and ws->npix): as
+ * NumPy's `variance *= npix; sqrt(variance)` gives it in the variance plane's
+ * type.  npix holds small whole numbers, so the product is exact in double
+ * before its rounding to float32, and a double square root rounded to float32
+ * is float32's. */
+static void variance_row_to_std(const md_outputs *out, workspace *ws, size_t y, size_t nx,
+                                size_t tw)
+{
+    const md_plane *vp = &out->variance, *np = &out->npix;
+    const md_image var = {.data = vp->data, .dtype = vp->dtype, .row_stride = vp->row_stride,
+                          .col_stride = vp->col_stride, .bscale = 1.0};
+    const md_image npix = {.data = np->data, .dtype = np->dtype, .row_stride = np->row_stride,
+                           .col_stride = np->col_stride, .bscale = 1.0};
+    const int single = vp->dtype == MD_FLOAT32;
+    for (size_t x0 = 0; x0 < nx; x0 += tw) {
+        const size_t w = nx - x0 < tw ? nx - x0 : tw;
+        double *restrict v = ws->value, *restrict m = ws->npix;
+        md_load_values(&var, y, x0, w, v);
+        md_load_values(&npix, y, x0, w, m);
+        for (size_t x = 0; x < w; x++) {
+            const double product = single ? (double)(float)(v[x] * m[x]) : v[x] * m[x];
+            v[x] = sqrt(product);
+        }
+        md_store_row(vp, y, x0, w, v);
+    }
+}
+
 static void combine_rows(const md_inputs *in, const md_params *p, const md_outputs *out,
                          const md_network *net, workspace *ws, size_t tw, size_t y0, size_t y1,
                          int try_clean)
@@ -679,6 +707,7 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
             ws->fewest = fewest < ws->fewest ? fewest : ws->fewest;
         }
         if (ws->vc.queued) md_vclip_flush(p, &ws->vc, in->nframes, out, y);
+        if (out->variance_as_std) variance_row_to_std(out, ws, y, in->nx, tw);
     }
 }
 
@@ -691,6 +720,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     if (!out->value.data || !plane_ok(&out->value, 1) || !plane_ok(&out->variance, 1)
         || !plane_ok(&out->npix, 0) || !plane_ok(&out->nrejected, 0))
         return MD_ERR_ARG;
+    if (out->variance_as_std && !(out->variance.data && out->npix.data)) return MD_ERR_ARG;
     if (row_begin > row_end || row_end > in->ny || block_rows < 1 || nthreads < 0)
         return MD_ERR_ARG;
     if (out->fewest) *out->fewest = INFINITY;

@@ -129,7 +129,12 @@ typedef struct md_outputs {
     md_plane variance;  /* variance of the combined value (see md_params) */
     md_plane npix;      /* number of values used in the combination */
     md_plane nrejected; /* good values removed by the rejection step */
-    double *fewest;     /* NULL, or set to the smallest npix of the rows combined */
+    /* Non-zero: the variance plane receives sqrt(variance * npix) instead, the
+     * standard deviation of the values used when var_factor is 1 (numina's
+     * sigmaclip plane), computed from the stored planes in the variance
+     * plane's type as NumPy would; needs the npix plane. */
+    int variance_as_std;
+    double *fewest; /* NULL, or set to the smallest npix of the rows combined */
 } md_outputs;
 
 /*

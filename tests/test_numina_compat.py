@@ -536,6 +536,56 @@ def test_sigmaclip_iterates_until_nothing_is_rejected():
     )
 
 
+@pytest.mark.parametrize("var_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("npix_dtype", [np.uint8, np.int16, np.int32, np.float32])
+def test_core_std_plane_has_the_bits_of_numpys_conversion(var_dtype, npix_dtype):
+    """The core's variance_as_std plane is what NumPy's in-place `variance *= npix;
+    sqrt(variance)` makes of its variance plane, bit for bit: pixels with 0, 1, 2 .. 9
+    values, clipped and not, for each pair of plane types."""
+    from megara_dark import _core
+
+    rng = np.random.default_rng(17)
+    n, shape = 9, (24, 301)
+    frames = [rng.normal(100.0, 7.0, shape).astype(np.float32) for _ in range(n)]
+    for i in range(n):
+        frames[i][i, :] = NAN  # row i: 8 values, ...
+        frames[i][10, : 30 * (i + 1)] = NAN  # row 10: 0, 1, ..., 8 and 9 values
+    frames[3][12:, ::7] += 500.0  # outliers for clipping
+
+    def run(as_std):
+        value = np.empty(shape, var_dtype)
+        variance, npix = np.empty(shape, var_dtype), np.empty(shape, npix_dtype)
+        _core.combine_into(
+            frames, value, method="sigclip", bscale=[1.0] * n, bzero=[0.0] * n,
+            blank=[None] * n, var_factor=np.linspace(1.0, 2.0, n + 1), variance=variance,
+            npix=npix, centre="mean", spread="std", low=2.0, high=2.0, maxiters=n,
+            variance_as_std=as_std,
+        )  # fmt: skip
+        return variance, npix
+
+    variance, npix = run(False)
+    expected = variance.copy()
+    expected *= npix
+    np.sqrt(expected, out=expected)
+    std, npix_again = run(True)
+    np.testing.assert_array_equal(npix_again, npix)
+    assert set(np.unique(npix)) == set(range(n + 1))
+    np.testing.assert_array_equal(std, expected)
+    np.testing.assert_array_equal(np.signbit(std), np.signbit(expected))
+    assert np.isnan(expected).sum() == 60  # the pixels with no value or one
+
+
+def test_core_std_plane_needs_npix():
+    from megara_dark import _core
+
+    frame = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="variance_as_std needs the variance and npix planes"):
+        _core.combine_into(
+            [frame], np.empty((2, 3)), method="mean", bscale=[1.0], bzero=[0.0], blank=[None],
+            var_factor=np.ones(2), variance=np.empty((2, 3)), variance_as_std=True,
+        )  # fmt: skip
+
+
 def test_shapes_must_be_equal():
     with pytest.raises(ValueError, match=r"frame 1: shape \(3,\) differs from frame 0's \(2, 3\)"):
         c.mean([np.ones((2, 3)), np.arange(3.0)])
