@@ -651,9 +651,8 @@ static double store_tile(const md_outputs *out, const workspace *ws, size_t nfra
  * stored planes (read back, tile by tile, into ws->value and ws->npix): as
  * NumPy's `variance *= npix; sqrt(variance)` gives it in the variance plane's
  * type.  npix holds small whole numbers, so the product is exact in double
- * before its rounding to float32, and a double square root rounded to float32
- * is float32's. */
-static void variance_row_to_std(const md_outputs *out, workspace *ws, size_t y, size_t nx,
+ * before its rounding to float32. */
+MD_HOT static void variance_row_to_std(const md_outputs *out, workspace *ws, size_t y, size_t nx,
                                 size_t tw)
 {
     const md_plane *vp = &out->variance, *np = &out->npix;
@@ -661,16 +660,16 @@ static void variance_row_to_std(const md_outputs *out, workspace *ws, size_t y, 
                           .col_stride = vp->col_stride, .bscale = 1.0};
     const md_image npix = {.data = np->data, .dtype = np->dtype, .row_stride = np->row_stride,
                            .col_stride = np->col_stride, .bscale = 1.0};
-    const int single = vp->dtype == MD_FLOAT32;
+    const int single = vp->dtype == MD_FLOAT32; /* float32 arithmetic */
     for (size_t x0 = 0; x0 < nx; x0 += tw) {
         const size_t w = nx - x0 < tw ? nx - x0 : tw;
         double *restrict v = ws->value, *restrict m = ws->npix;
         md_load_values(&var, y, x0, w, v);
         md_load_values(&npix, y, x0, w, m);
-        for (size_t x = 0; x < w; x++) {
-            const double product = single ? (double)(float)(v[x] * m[x]) : v[x] * m[x];
-            v[x] = sqrt(product);
-        }
+        if (single)
+            for (size_t x = 0; x < w; x++) v[x] = sqrtf((float)(v[x] * m[x]));
+        else
+            for (size_t x = 0; x < w; x++) v[x] = sqrt(v[x] * m[x]);
         md_store_row(vp, y, x0, w, v);
     }
 }
