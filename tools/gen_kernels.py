@@ -17,6 +17,7 @@ operations in the same order), so a pixel gets the same bits whichever path
 computes it.  Run: ``python tools/gen_kernels.py > src/md_kernels.c``.
 """
 
+import functools
 import re
 
 MAX_FRAMES = 24
@@ -46,6 +47,61 @@ def batcher_pairs(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
+# The smallest known sorting network for 11 inputs: 35 comparators, against
+# Batcher's 38 (Knuth, The Art of Computer Programming, vol. 3, 5.3.4).
+SMALLEST_KNOWN = {
+    11: [
+        (0, 9), (1, 6), (2, 4), (3, 7), (5, 8),
+        (0, 1), (3, 5), (4, 10), (6, 9), (7, 8),
+        (1, 3), (2, 5), (4, 7), (8, 10),
+        (0, 4), (1, 2), (3, 7), (5, 9), (6, 8),
+        (0, 1), (2, 6), (4, 5), (7, 8), (9, 10),
+        (2, 4), (3, 6), (5, 7), (8, 9),
+        (1, 2), (3, 4), (5, 6), (7, 8),
+        (2, 3), (4, 5), (6, 7),
+    ],
+}  # fmt: skip
+
+
+def without_wire(pairs: list[tuple[int, int]], n: int, wire: int, top: bool):
+    """A network for n - 1 inputs made from one for n.  Given +inf (top) or -inf on
+    input ``wire``, the network sorts the other values, and the infinity moves along
+    the wires to the last (first) output: the comparators it meets either leave it in
+    place or swap it with a value, so they are dropped, and a swap hands the wire over
+    to that value.  The wires left are named by their outputs; a comparator may then
+    take its smaller value to the higher-numbered wire, which MD_CMPX(a, b) allows (it
+    puts the smaller on a)."""
+    line_at = {w: w for w in range(n) if w != wire}  # wire -> the value's line
+    kept = []
+    for a, b in pairs:
+        if (wire == a and top) or (wire == b and not top):  # the infinity moves
+            other = b if wire == a else a
+            line_at[wire] = line_at.pop(other)
+            wire = other
+        elif wire not in (a, b):
+            kept.append((line_at[a], line_at[b]))
+    output = {line: w for w, line in line_at.items()}
+    rank = {w: k for k, w in enumerate(sorted(output.values()))}
+    return [(rank[output[a]], rank[output[b]]) for a, b in kept]
+
+
+@functools.cache
+def candidate_networks(n: int) -> list[list[tuple[int, int]]]:
+    """Sorting networks for n inputs: Batcher's, the smallest known, and those made
+    from the candidates for n + 1 by dropping a wire, from SMALLEST_KNOWN's down to 9
+    inputs (up to 8, Batcher's are as small as any: Knuth, 5.3.4)."""
+    found = [batcher_pairs(n)] + ([SMALLEST_KNOWN[n]] if n in SMALLEST_KNOWN else [])
+    if 9 <= n < max(SMALLEST_KNOWN):
+        for pairs in candidate_networks(n + 1):
+            found += [without_wire(pairs, n + 1, w, top) for w in range(n + 1) for top in (1, 0)]
+    return found
+
+
+def sort_pairs(n: int) -> list[tuple[int, int]]:
+    """The smallest of the candidate sorting networks for n inputs."""
+    return min(candidate_networks(n), key=len)
+
+
 def pruned(pairs: list[tuple[int, int]], needed: set[int]) -> list[tuple[int, int]]:
     """The comparators of a network that the positions ``needed`` depend on."""
     kept = []
@@ -57,8 +113,10 @@ def pruned(pairs: list[tuple[int, int]], needed: set[int]) -> list[tuple[int, in
 
 
 def median_pairs(n: int) -> list[tuple[int, int]]:
-    """The comparators the middle element(s) depend on."""
-    return pruned(batcher_pairs(n), {(n - 1) // 2, n // 2})
+    """The fewest comparators the middle element(s) depend on, over the candidate
+    networks."""
+    middle = {(n - 1) // 2, n // 2}
+    return min((pruned(pairs, middle) for pairs in candidate_networks(n)), key=len)
 
 
 def code(statements: list[str]) -> str:
@@ -105,7 +163,7 @@ MD_HOT static void md_ksort_{n}(double *const *rows, size_t w)
     /* The rows are distinct, non-overlapping rows of one tile. */
 #pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
-{code(loads(n) + network(batcher_pairs(n)) + stores(n))}
+{code(loads(n) + network(sort_pairs(n)) + stores(n))}
     }}
 }}
 """
