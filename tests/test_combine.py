@@ -290,6 +290,25 @@ def test_median_of_a_clean_tile_gives_the_bits_of_a_tile_with_a_bad_value(n, rng
     assert (marked.npix[:, 400] == n - 1).all()
 
 
+@pytest.mark.parametrize("n", [3, 11, 24])
+@pytest.mark.parametrize("method", ["mean", "median"])
+@pytest.mark.parametrize("scale", [2.0**-1000, 2.0**-500, 1.0, 2.0**480, 2.0**955])
+def test_moments_of_a_clean_tile_give_the_bits_of_a_tile_with_a_bad_value(n, method, scale, rng):
+    """A clean tile's mean and variance are divided by multiplications and FMAs
+    (md_divide) where their proof holds, else by division; a tile with a bad
+    value divides.  The scales put the sums (2^-1000, 2^955), the variances
+    (2^480, 2^-500) or nothing (1) outside that proof, so both ways are checked."""
+    values = (rng.standard_t(2, (n, 3, 700)) * 3.0 + 100.0) * scale
+    clean = combine(list(values), method, dtype="float64")
+    values[0, :, 400] = np.nan
+    marked = combine(list(values), method, dtype="float64")
+    others = np.arange(values.shape[2]) != 400
+    for name in ("data", "variance"):
+        np.testing.assert_array_equal(
+            getattr(marked, name)[:, others], getattr(clean, name)[:, others], err_msg=name
+        )
+
+
 def test_writes_into_given_planes_of_any_layout(rng):
     frames = [rng.normal(100.0, 5.0, (9, 21)) for _ in range(5)]
     expected = combine(frames, "sigclip", dtype="float64")
