@@ -217,6 +217,7 @@ typedef struct workspace {
     md_vclip_scratch vc; /* rejection across columns (md_vclip.c) */
     double *vc_doubles;  /* memory of vc ... */
     double *vc_queue;    /* ... and of its queue */
+    double *row_results; /* with a queue: 4 x nx results of the row (vc.row) */
     int have_sums;       /* the tile is clean and swx holds its column sums */
     int skip, backoff;   /* tiles gather_clean skips, and how many after a miss */
     int all_used;        /* npix = nframes and nrejected = 0: npix/nrej not set */
@@ -233,6 +234,7 @@ static void workspace_free(workspace *ws)
     free(ws->pw);
     free(ws->vc_doubles);
     free(ws->vc_queue);
+    free(ws->row_results);
     free(ws->vc.dev_rows);
     memset(ws, 0, sizeof *ws);
 }
@@ -271,12 +273,14 @@ static double *alloc_doubles(size_t n)
 
 /* tw is a multiple of MD_STRIP; memory is zeroed so padding is defined.
  * cap: columns of the rejection scratch (md_vclip.c), 0 when it is not used;
- * queue: whether it has a queue (not zeroed: only its columns are read). */
-static int workspace_alloc(workspace *ws, size_t nframes, size_t tw, size_t cap, int queue)
+ * queue: whether it has a queue (not zeroed: only its columns are read), and
+ * the results of rows of nx columns. */
+static int workspace_alloc(workspace *ws, size_t nframes, size_t tw, size_t cap, int queue,
+                           size_t nx)
 {
     memset(ws, 0, sizeof *ws);
     ws->tw = tw;
-    ws->fewest = ws->vc.fewest = INFINITY;
+    ws->fewest = INFINITY;
     double **planes[] = {&ws->bias, &ws->nbad, &ws->ngood, &ws->sw, &ws->sww, &ws->swx,
                          &ws->mean, &ws->ss, &ws->value, &ws->variance, &ws->npix, &ws->nrej};
     const size_t nplanes = sizeof planes / sizeof planes[0];
@@ -294,13 +298,16 @@ static int workspace_alloc(workspace *ws, size_t nframes, size_t tw, size_t cap,
         void *q = NULL;
         const size_t bytes = md_vclip_queue_doubles(nframes, cap) * sizeof(double);
         ws->vc_queue = posix_memalign(&q, 64, bytes) == 0 ? q : NULL;
+        ws->row_results = alloc_doubles(4 * nx);
     }
     if (!ws->tile || !ws->rows || !ws->mask || !ws->bias || !ws->pv || !ws->pw
-        || (cap && (!ws->vc_doubles || !ws->vc.dev_rows)) || (cap && queue && !ws->vc_queue)) {
+        || (cap && (!ws->vc_doubles || !ws->vc.dev_rows))
+        || (cap && queue && (!ws->vc_queue || !ws->row_results))) {
         workspace_free(ws);
         return MD_ERR_NOMEM;
     }
     if (cap) vclip_layout(ws, nframes, cap);
+    for (size_t k = 0; k < 4 && ws->row_results; k++) ws->vc.row[k] = ws->row_results + k * nx;
     for (size_t k = 1; k < nplanes; k++) *planes[k] = ws->bias + k * tw;
     for (size_t i = 0; i < nframes; i++) ws->rows[i] = ws->tile + i * tw;
     return MD_OK;
@@ -461,7 +468,7 @@ static int tile_is_clean(const workspace *ws, size_t w)
     return !bad;
 }
 
-/* npix = nframes and nrejected = 0 for every column (see store_tile). */
+/* npix = nframes and nrejected = 0 for every column (see store_results). */
 static void all_used(workspace *ws)
 {
     ws->all_used = 1;
@@ -596,15 +603,14 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
     }
 }
 
+/* The tile's results into r[0 .. 3] (value, variance, npix, nrejected). */
 MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const md_network *net,
-                                  const md_outputs *out, workspace *ws, size_t y, size_t x0,
-                                  size_t w)
+                                  workspace *ws, size_t x0, size_t w, double *const *r)
 {
     const int weighted = in->weights != NULL;
     const md_kernels *kernels = kernels_for(in->nframes);
     if (net && tile_is_clean(ws, w)) { /* no bad value: sorted and reduced across the columns */
-        md_vclip_tile(p, &ws->vc, out, ws->rows, ws->tw, in->nframes, w, y, x0, ws->value,
-                      ws->variance, ws->npix, ws->nrej);
+        md_vclip_tile(p, &ws->vc, ws->rows, ws->tw, in->nframes, w, x0, r[0], r[1], r[2], r[3]);
         return;
     }
     if (net) md_sort_columns(kernels, net, ws->rows, w);
@@ -617,31 +623,33 @@ MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const
             n = column_good_values(in, ws, x, weighted);
             md_sort(ws->pv, weighted ? ws->pw : NULL, (size_t)n);
         }
-        const md_pixel r = md_reduce_sorted(p, ws->pv, weighted ? ws->pw : NULL, n);
-        ws->value[x] = r.value;
-        ws->variance[x] = r.variance;
-        ws->npix[x] = r.npix;
-        ws->nrej[x] = r.nrejected;
+        const md_pixel px = md_reduce_sorted(p, ws->pv, weighted ? ws->pw : NULL, n);
+        r[0][x] = px.value;
+        r[1][x] = px.variance;
+        r[2][x] = px.npix;
+        r[3][x] = px.nrejected;
     }
 }
 
-/* Store the tile's results; returns the smallest npix stored. */
-static double store_tile(const md_outputs *out, const workspace *ws, size_t nframes, size_t y,
-                         size_t x0, size_t w)
+/* Store the results r[0 .. 3] (value, variance, npix, nrejected; npix =
+ * nframes and nrejected = 0 when all_used) into row y, columns x0 .. x0 + w - 1;
+ * returns the smallest npix stored. */
+static double store_results(const md_outputs *out, double *const *r, int all_used,
+                            size_t nframes, size_t y, size_t x0, size_t w)
 {
-    md_store_row(&out->value, y, x0, w, ws->value);
-    if (out->variance.data) md_store_row(&out->variance, y, x0, w, ws->variance);
-    if (ws->all_used) {
+    md_store_row(&out->value, y, x0, w, r[0]);
+    if (out->variance.data) md_store_row(&out->variance, y, x0, w, r[1]);
+    if (all_used) {
         if (out->npix.data) md_fill_row(&out->npix, y, x0, w, (double)nframes);
         if (out->nrejected.data) md_fill_row(&out->nrejected, y, x0, w, 0.0);
         return (double)nframes;
     }
-    if (out->npix.data) md_store_row(&out->npix, y, x0, w, ws->npix);
-    if (out->nrejected.data) md_store_row(&out->nrejected, y, x0, w, ws->nrej);
+    if (out->npix.data) md_store_row(&out->npix, y, x0, w, r[2]);
+    if (out->nrejected.data) md_store_row(&out->nrejected, y, x0, w, r[3]);
     if (!out->fewest) return (double)nframes;
     long long fewest = (long long)nframes; /* counts as integers: a vector min */
     for (size_t x = 0; x < w; x++) {
-        const long long used = (long long)ws->npix[x];
+        const long long used = (long long)r[2][x];
         fewest = used < fewest ? used : fewest;
     }
     return (double)fewest;
@@ -680,6 +688,10 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
 {
     const int want_var = out->variance.data != NULL;
     const int mean_or_sum = p->method == MD_MEAN || p->method == MD_SUM; /* never read nbad */
+    /* With a queue, the results go to the row's (vc.row), stored once the
+     * row's last queued columns are; else each tile's are stored. */
+    const int by_row = ws->row_results != NULL;
+    double *const tile_results[4] = {ws->value, ws->variance, ws->npix, ws->nrej};
     for (size_t y = y0; y < y1; y++) {
         for (size_t x0 = 0; x0 < in->nx; x0 += tw) {
             const size_t w = in->nx - x0 < tw ? in->nx - x0 : tw;
@@ -700,12 +712,23 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
             case MD_MEAN:
             case MD_SUM: tile_mean_or_sum(in, p, ws, w, want_var); break;
             case MD_MEDIAN: tile_median(in, p, net, ws, w, want_var); break;
-            default: tile_rejection(in, p, net, out, ws, y, x0, w); break;
+            default: {
+                double *in_row[4];
+                for (size_t k = 0; k < 4 && by_row; k++) in_row[k] = ws->vc.row[k] + x0;
+                tile_rejection(in, p, net, ws, x0, w, by_row ? in_row : tile_results);
+                break;
             }
-            const double fewest = store_tile(out, ws, in->nframes, y, x0, w);
+            }
+            if (by_row) continue;
+            const double fewest =
+                store_results(out, tile_results, ws->all_used, in->nframes, y, x0, w);
             ws->fewest = fewest < ws->fewest ? fewest : ws->fewest;
         }
-        if (ws->vc.queued) md_vclip_flush(p, &ws->vc, in->nframes, out, y);
+        if (by_row) {
+            if (ws->vc.queued) md_vclip_flush(p, &ws->vc, in->nframes);
+            const double fewest = store_results(out, ws->vc.row, 0, in->nframes, y, 0, in->nx);
+            ws->fewest = fewest < ws->fewest ? fewest : ws->fewest;
+        }
         if (out->variance_as_std) variance_row_to_std(out, ws, y, in->nx, tw);
     }
 }
@@ -767,7 +790,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     {
         workspace ws;
         const int queue = iterates && in->nframes > 1; /* one frame never moves */
-        const int ws_status = workspace_alloc(&ws, in->nframes, tw, vclip_cap, queue);
+        const int ws_status = workspace_alloc(&ws, in->nframes, tw, vclip_cap, queue, in->nx);
         ws.vc.kernels = kernels_for(in->nframes);
         ws.vc.sort = use_net ? &net : NULL;
         if (ws_status != MD_OK) {
@@ -791,7 +814,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
             const size_t y1 = y0 + block_rows < row_end ? y0 + block_rows : row_end;
             combine_rows(in, p, out, use_net ? &net : NULL, &ws, tw, y0, y1, try_clean);
         }
-        const double fewest = ws.fewest < ws.vc.fewest ? ws.fewest : ws.vc.fewest;
+        const double fewest = ws.fewest;
         if (out->fewest) {
 #ifdef _OPENMP
 #pragma omp critical(md_fewest)

@@ -176,7 +176,10 @@ typedef struct md_vclip_scratch {
     md_bucket bucket[MD_KERNEL_MAX_FRAMES];        /* bucket[m]: runs of m values, m < n */
     double *pv;                /* n values of one column (more frames than kernels) */
     size_t queued;             /* columns in the buckets */
-    double fewest;             /* smallest npix stored by md_vclip_flush */
+    /* With a queue: the results of the output row's columns (value,
+     * variance, npix, nrejected; a row each), where md_vclip_flush writes
+     * those of the columns it takes, at their x. */
+    double *row[4];
 } md_vclip_scratch;
 
 /* Doubles of the queue's memory for n frames and `capacity` columns. */
@@ -188,18 +191,17 @@ void md_vclip_queue_layout(md_vclip_scratch *sc, size_t n, double *queue);
 
 /*
  * MD_SIGCLIP (unweighted), MD_CCDCLIP, MD_MINMAX or MD_QUANTILECLIP for a tile
- * of n rows of w columns (rows[i] = rows[0] + i * stride, the pixels y, x0 ..
- * x0 + w - 1) holding no bad value, sorted here column by column: the results
- * md_reduce_sorted gives each column, bit for bit, into value .. nrej.
- * Except for the columns that sigclip or ccdclip queue for more passes:
- * md_vclip_flush stores their results into row y of `out`.  It runs when the
+ * of n rows of w columns (rows[i] = rows[0] + i * stride, the pixels x0 ..
+ * x0 + w - 1 of a row) holding no bad value, sorted here column by column:
+ * the results md_reduce_sorted gives each column, bit for bit, into value ..
+ * nrej.  Except for the columns that sigclip or ccdclip queue for more
+ * passes: md_vclip_flush writes their results into sc->row.  It runs when the
  * queue is full, and must run at the end of each row.
  */
-void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_outputs *out,
-                   double *const *rows, size_t stride, size_t n, size_t w, size_t y, size_t x0,
-                   double *value, double *variance, double *npix, double *nrej);
-void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t n, const md_outputs *out,
-                    size_t y);
+void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *const *rows, size_t stride,
+                   size_t n, size_t w, size_t x0, double *value, double *variance, double *npix,
+                   double *nrej);
+void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t n);
 
 /* ---- md_reduce.c: rejection methods on one pixel ---------------------- */
 

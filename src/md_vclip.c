@@ -330,9 +330,9 @@ MD_INLINE void pass_and_moments(const md_params *p, md_clip_kernel generated, co
     run_sumsq(v, stride, 0, m, w, sc->c, sc->s);
 }
 
-MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_outputs *out,
-                          double *const *rows, size_t stride, size_t nframes, size_t w, size_t y,
-                          size_t x0, double *value, double *variance, double *npix, double *nrej)
+MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *const *rows,
+                          size_t stride, size_t nframes, size_t w, size_t x0, double *value,
+                          double *variance, double *npix, double *nrej)
 {
     const int n = (int)nframes;
     const double *tile = rows[0];
@@ -362,7 +362,7 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     default: break;
     }
     /* Room in the queue for every column of the tile (a flush uses the scratch). */
-    if (sc->queue && sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes, out, y);
+    if (sc->queue && sc->queued + w > sc->capacity) md_vclip_flush(p, sc, nframes);
     /* The first pass, and the results of the columns that stopped. */
     pass_and_moments(p, generated_pass(p, sc->kernels), tile, stride, n, w, sc);
     finish_runs(p, n, n, w, sc->c, sc->s, value, variance, npix, nrej);
@@ -388,28 +388,22 @@ MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, const md_out
     }
 }
 
-/* Store the results r (value, variance, npix, nrejected, capacity apart) of
- * the columns j listed in sc->done into row y, columns xs[j], of the output
- * planes. */
-static void store_done(const md_outputs *out, md_vclip_scratch *sc, size_t y, const size_t *xs,
-                       const double *r, size_t count)
+/* Write the results r (value, variance, npix, nrejected, capacity apart) of
+ * the columns j listed in sc->done into sc->row, at columns xs[j]. */
+static void store_done(md_vclip_scratch *sc, const size_t *xs, const double *r, size_t count)
 {
-    const md_plane *planes[] = {&out->value, &out->variance, &out->npix, &out->nrejected};
-    for (size_t k = 0; k < 4; k++)
-        if (planes[k]->data) md_scatter(planes[k], y, xs, r + k * sc->capacity, sc->done, count);
-    if (!out->fewest) return;
-    const double *npix = r + 2 * sc->capacity;
-    for (size_t k = 0; k < count; k++) {
-        const double used = npix[sc->done[k]];
-        sc->fewest = used < sc->fewest ? used : sc->fewest;
+    const size_t *restrict done = sc->done;
+    for (size_t k = 0; k < 4; k++) {
+        double *restrict dst = sc->row[k];
+        const double *restrict src = r + k * sc->capacity;
+        for (size_t t = 0; t < count; t++) dst[xs[done[t]]] = src[done[t]];
     }
 }
 
 /* The next pass on the columns of bucket m: those that stop, and those whose
- * last pass it was before (their runs are final), are stored into row y of
- * `out`; the others move to the buckets of their new runs. */
-MD_HOT static void flush_bucket(const md_params *p, md_vclip_scratch *sc, int n, int m,
-                                const md_outputs *out, size_t y)
+ * last pass it was before (their runs are final), are stored into sc->row;
+ * the others move to the buckets of their new runs. */
+MD_HOT static void flush_bucket(const md_params *p, md_vclip_scratch *sc, int n, int m)
 {
     md_bucket *bk = &sc->bucket[m];
     const size_t k = bk->count, cap = sc->capacity;
@@ -421,17 +415,16 @@ MD_HOT static void flush_bucket(const md_params *p, md_vclip_scratch *sc, int n,
     double *restrict moving = sc->moving;
     const double last = p->maxiters;
     for (size_t j = 0; j < k; j++) moving[j] = (double)bk->passes[j] < last ? moving[j] : 0.0;
-    store_done(out, sc, y, bk->x, r, select_columns(moving, 0.0, k, sc->done));
+    store_done(sc, bk->x, r, select_columns(moving, 0.0, k, sc->done));
     const size_t moved = select_columns(moving, 1.0, k, sc->done);
     bk->count = 0; /* its columns move to shorter runs, other buckets */
     queue_runs(sc, bk->v, cap, sc->done, moved, m - 1, bk->ss_all, 0, bk->x, bk->passes);
 }
 
-MD_HOT void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t nframes,
-                           const md_outputs *out, size_t y)
+MD_HOT void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t nframes)
 {
     /* A column moves only to a shorter run: to a bucket taken later. */
     for (int m = (int)nframes - 1; m >= 1; m--)
-        if (sc->bucket[m].count) flush_bucket(p, sc, (int)nframes, m, out, y);
+        if (sc->bucket[m].count) flush_bucket(p, sc, (int)nframes, m);
     sc->queued = 0;
 }
