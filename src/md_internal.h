@@ -70,11 +70,6 @@ void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned ch
 /* Store src[0..w) into row y, columns x0.., of an output plane. */
 void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src);
 
-/* For k < count and j = index[k]: store src[j] into pixel (y, xs[j]) of an
- * output plane. */
-void md_scatter(const md_plane *pl, size_t y, const size_t *xs, const double *src,
-                const size_t *index, size_t count);
-
 /* Store the value v into row y, columns x0..x0 + w, of an output plane (as
  * md_store_row would store w copies of it). */
 void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, double v);

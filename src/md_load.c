@@ -339,26 +339,10 @@ void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned ch
         }                                                                                         \
     }
 
-/* scatter_SUFFIX(pl, y, xs, src, index, count): for k < count and
- * j = index[k], pixel (y, xs[j]) of a plane of T set to CONVERT(src[j]). */
-#define MD_DEFINE_SCATTER(NAME, T, CONVERT)                                                       \
-    static void NAME(const md_plane *pl, size_t y, const size_t *xs, const double *src,          \
-                     const size_t *index, size_t count)                                          \
-    {                                                                                             \
-        char *row = (char *)pl->data + (ptrdiff_t)y * pl->row_stride;                             \
-        for (size_t k = 0; k < count; k++) {                                                      \
-            const size_t j = index[k];                                                            \
-            const T t = CONVERT(src[j]);                                                          \
-            memcpy(row + (ptrdiff_t)xs[j] * pl->col_stride, &t, sizeof t);                        \
-        }                                                                                         \
-    }
-
-/* store_SUFFIX writes src[0..w), fill_SUFFIX w copies of v, scatter_SUFFIX
- * single pixels. */
+/* store_SUFFIX writes src[0..w), fill_SUFFIX w copies of v. */
 #define MD_DEFINE_WRITERS(SUFFIX, T, CONVERT)                                                     \
     MD_DEFINE_WRITER(store_##SUFFIX, T, CONVERT, const double *src, src[k])                       \
-    MD_DEFINE_WRITER(fill_##SUFFIX, T, CONVERT, double v, v)                                      \
-    MD_DEFINE_SCATTER(scatter_##SUFFIX, T, CONVERT)
+    MD_DEFINE_WRITER(fill_##SUFFIX, T, CONVERT, double v, v)
 
 /* Counts are small non-negative integers; values/variances are floats. */
 #define MD_AS_FLOAT(v) ((float)(v))
@@ -395,10 +379,4 @@ MD_HOT void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, doubl
 MD_HOT void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src)
 {
     MD_WRITE(store, pl->dtype, (pl, y, x0, w, src))
-}
-
-void md_scatter(const md_plane *pl, size_t y, const size_t *xs, const double *src,
-                const size_t *index, size_t count)
-{
-    MD_WRITE(scatter, pl->dtype, (pl, y, xs, src, index, count))
 }
