@@ -660,8 +660,8 @@ static double store_results(const md_outputs *out, double *const *r, int all_use
  * NumPy's `variance *= npix; sqrt(variance)` gives it in the variance plane's
  * type.  npix holds small whole numbers, so the product is exact in double
  * before its rounding to float32. */
-MD_HOT static void variance_row_to_std(const md_outputs *out, workspace *ws, size_t y, size_t nx,
-                                size_t tw)
+MD_HOT static void variance_row_to_std(const md_outputs *out, workspace *ws, size_t y,
+                                       size_t nx, size_t tw)
 {
     const md_plane *vp = &out->variance, *np = &out->npix;
     const md_image var = {.data = vp->data, .dtype = vp->dtype, .row_stride = vp->row_stride,
