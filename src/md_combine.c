@@ -221,6 +221,7 @@ typedef struct workspace {
     int have_sums;       /* the tile is clean and swx holds its column sums */
     int skip, backoff;   /* tiles gather_clean skips, and how many after a miss */
     int all_used;        /* npix = nframes and nrejected = 0: npix/nrej not set */
+    int plain_float32;   /* a clean gather's values are the frames' floats (+ 0.0) */
     double fewest;       /* smallest npix stored by this thread */
 } workspace;
 
@@ -568,7 +569,7 @@ MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, wor
 }
 
 MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md_network *net,
-                               workspace *ws, size_t w, int want_var)
+                               workspace *ws, size_t y, size_t x0, size_t w, int want_var)
 {
     const size_t nf = in->nframes;
     const md_kernels *kernels = kernels_for(nf);
@@ -578,6 +579,16 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
     } else if (want_var) {
         column_moments(nf, NULL, ws, w, 1);
         column_variances(p, ws, w);
+    }
+    if (kernels && clean && ws->have_sums && ws->plain_float32) { /* the frames' rows */
+        const float *rows[MD_KERNEL_MAX_FRAMES];
+        for (size_t i = 0; i < nf; i++) {
+            const md_image *im = &in->frames[i];
+            rows[i] = (const float *)((const char *)im->data + (ptrdiff_t)y * im->row_stride) + x0;
+        }
+        kernels->median_f32(rows, w, ws->value);
+        all_used(ws);
+        return;
     }
     if (kernels && clean) {
         kernels->median(ws->rows, w, ws->value);
@@ -711,7 +722,7 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
             switch (p->method) {
             case MD_MEAN:
             case MD_SUM: tile_mean_or_sum(in, p, ws, w, want_var); break;
-            case MD_MEDIAN: tile_median(in, p, net, ws, w, want_var); break;
+            case MD_MEDIAN: tile_median(in, p, net, ws, y, x0, w, want_var); break;
             default: {
                 double *in_row[4];
                 for (size_t k = 0; k < 4 && by_row; k++) in_row[k] = ws->vc.row[k] + x0;
@@ -734,6 +745,23 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
 }
 
 /* ---- entry point ---------------------------------------------------------- */
+
+/* 1 when every frame is float32 in native byte order, in aligned contiguous
+ * rows, with bscale 1 and bzero +0, and there is no bias and no row offset:
+ * then a clean gather (gather_clean) holds each frame's floats as doubles,
+ * -0.0 made +0.0 by the bzero, which the float kernels can read in place. */
+static int frames_plain_float32(const md_inputs *in)
+{
+    if (in->bias || in->row_offsets) return 0;
+    for (size_t i = 0; i < in->nframes; i++) {
+        const md_image *im = &in->frames[i];
+        if (im->dtype != MD_FLOAT32 || im->swapped || im->col_stride != (long long)sizeof(float)
+            || (uintptr_t)im->data % sizeof(float) != 0 || im->row_stride % sizeof(float) != 0
+            || im->bscale != 1.0 || im->bzero != 0.0 || signbit(im->bzero))
+            return 0;
+    }
+    return 1;
+}
 
 int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
                size_t row_begin, size_t row_end, int nthreads, size_t block_rows)
@@ -792,6 +820,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
         const int queue = iterates && in->nframes > 1; /* one frame never moves */
         const int ws_status = workspace_alloc(&ws, in->nframes, tw, vclip_cap, queue, in->nx);
         ws.vc.kernels = kernels_for(in->nframes);
+        ws.plain_float32 = frames_plain_float32(in);
         ws.vc.sort = use_net ? &net : NULL;
         if (ws_status != MD_OK) {
 #ifdef _OPENMP

@@ -129,6 +129,9 @@ typedef void (*md_clip_kernel)(const double *const *rows, size_t w, const md_cli
 
 typedef struct md_kernels {
     void (*median)(double *const *rows, size_t w, double *value);
+    /* The same for float32 rows read as they are (the same bits as their
+     * values converted to double). */
+    void (*median_f32)(const float *const *rows, size_t w, double *value);
     void (*sort)(double *const *rows, size_t w);
     /* A pass of sigclip with centre median and spread MAD (pass_mad) or
      * centre mean and spread std (pass_std) on sorted columns, read and not

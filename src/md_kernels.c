@@ -4,14 +4,25 @@
 #include "md_internal.h"
 
 /* Compare-exchange: the min/max shapes the compiler maps to vector min/max. */
-#define MD_CMPX(a, b) do { const double lo_ = a < b ? a : b; b = b < a ? a : b; a = lo_; } while (0)
+#define MD_CMPX(a, b) do { const __typeof__(a) lo_ = a < b ? a : b; b = b < a ? a : b; a = lo_; } while (0)
 
-MD_HOT static void md_kmedian_1(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_1(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     for (size_t x = 0; x < w; x++) {
         double v0 = r0[x];
         value[x] = v0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_1(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        value[x] = ((double)v0 + 0.0);
     }
 }
 
@@ -26,7 +37,8 @@ MD_HOT static void md_ksort_1(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_2(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_2(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -35,6 +47,19 @@ MD_HOT static void md_kmedian_2(double *const *rows, size_t w, double *restrict 
         double v1 = r1[x];
         MD_CMPX(v0, v1);
         value[x] = (v0 + v1) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_2(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        MD_CMPX(v0, v1);
+        value[x] = (((double)v0 + 0.0) + ((double)v1 + 0.0)) / 2.0;
     }
 }
 
@@ -53,7 +78,8 @@ MD_HOT static void md_ksort_2(double *const *rows, size_t w)
     }
 }
 
-MD_HOT static void md_kmedian_3(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_3(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -66,6 +92,23 @@ MD_HOT static void md_kmedian_3(double *const *rows, size_t w, double *restrict 
         MD_CMPX(v0, v2);
         MD_CMPX(v1, v2);
         value[x] = v1;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_3(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v2);
+        value[x] = ((double)v1 + 0.0);
     }
 }
 
@@ -286,7 +329,8 @@ MD_HOT static void md_kpass_std_3(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_4(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_4(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -303,6 +347,27 @@ MD_HOT static void md_kmedian_4(double *const *rows, size_t w, double *restrict 
         MD_CMPX(v1, v3);
         MD_CMPX(v1, v2);
         value[x] = (v1 + v2) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_4(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        value[x] = (((double)v1 + 0.0) + ((double)v2 + 0.0)) / 2.0;
     }
 }
 
@@ -569,7 +634,8 @@ MD_HOT static void md_kpass_std_4(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_5(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_5(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -591,6 +657,32 @@ MD_HOT static void md_kmedian_5(double *const *rows, size_t w, double *restrict 
         MD_CMPX(v2, v4);
         MD_CMPX(v1, v2);
         value[x] = v2;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_5(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v1, v2);
+        value[x] = ((double)v2 + 0.0);
     }
 }
 
@@ -875,7 +967,8 @@ MD_HOT static void md_kpass_std_5(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_6(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_6(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -903,6 +996,38 @@ MD_HOT static void md_kmedian_6(double *const *rows, size_t w, double *restrict 
         MD_CMPX(v1, v2);
         MD_CMPX(v3, v4);
         value[x] = (v2 + v3) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_6(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        value[x] = (((double)v2 + 0.0) + ((double)v3 + 0.0)) / 2.0;
     }
 }
 
@@ -1240,7 +1365,8 @@ MD_HOT static void md_kpass_std_6(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_7(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_7(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -1272,6 +1398,42 @@ MD_HOT static void md_kmedian_7(double *const *rows, size_t w, double *restrict 
         MD_CMPX(v3, v5);
         MD_CMPX(v3, v4);
         value[x] = v3;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_7(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v3, v4);
+        value[x] = ((double)v3 + 0.0);
     }
 }
 
@@ -1621,7 +1783,8 @@ MD_HOT static void md_kpass_std_7(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_8(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_8(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -1658,6 +1821,47 @@ MD_HOT static void md_kmedian_8(double *const *rows, size_t w, double *restrict 
         MD_CMPX(v3, v5);
         MD_CMPX(v3, v4);
         value[x] = (v3 + v4) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_8(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v3, v4);
+        value[x] = (((double)v3 + 0.0) + ((double)v4 + 0.0)) / 2.0;
     }
 }
 
@@ -2066,7 +2270,8 @@ MD_HOT static void md_kpass_std_8(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_9(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_9(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -2109,6 +2314,53 @@ MD_HOT static void md_kmedian_9(double *const *rows, size_t w, double *restrict 
         MD_CMPX(v5, v6);
         MD_CMPX(v4, v5);
         value[x] = v4;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_9(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        MD_CMPX(v0, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v3);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        value[x] = ((double)v4 + 0.0);
     }
 }
 
@@ -2525,7 +2777,8 @@ MD_HOT static void md_kpass_std_9(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_10(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_10(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -2574,6 +2827,59 @@ MD_HOT static void md_kmedian_10(double *const *rows, size_t w, double *restrict
         MD_CMPX(v5, v6);
         MD_CMPX(v4, v5);
         value[x] = (v4 + v5) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_10(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        MD_CMPX(v1, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v8);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v4, v9);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        value[x] = (((double)v4 + 0.0) + ((double)v5 + 0.0)) / 2.0;
     }
 }
 
@@ -3057,7 +3363,8 @@ MD_HOT static void md_kpass_std_10(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_11(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_11(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -3111,6 +3418,64 @@ MD_HOT static void md_kmedian_11(double *const *rows, size_t w, double *restrict
         MD_CMPX(v5, v6);
         MD_CMPX(v4, v5);
         value[x] = v5;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_11(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        MD_CMPX(v0, v9);
+        MD_CMPX(v1, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v8);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v4, v10);
+        MD_CMPX(v6, v9);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        value[x] = ((double)v5 + 0.0);
     }
 }
 
@@ -3595,7 +3960,8 @@ MD_HOT static void md_kpass_std_11(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_12(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_12(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -3658,6 +4024,73 @@ MD_HOT static void md_kmedian_12(double *const *rows, size_t w, double *restrict
         MD_CMPX(v6, v8);
         MD_CMPX(v5, v6);
         value[x] = (v5 + v6) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_12(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v5, v6);
+        value[x] = (((double)v5 + 0.0) + ((double)v6 + 0.0)) / 2.0;
     }
 }
 
@@ -4217,7 +4650,8 @@ MD_HOT static void md_kpass_std_12(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_13(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_13(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -4286,6 +4720,79 @@ MD_HOT static void md_kmedian_13(double *const *rows, size_t w, double *restrict
         MD_CMPX(v6, v8);
         MD_CMPX(v5, v6);
         value[x] = v6;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_13(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v5, v6);
+        value[x] = ((double)v6 + 0.0);
     }
 }
 
@@ -4565,7 +5072,8 @@ MD_HOT static void md_kpass_std_13(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_14(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_14(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -4643,6 +5151,88 @@ MD_HOT static void md_kmedian_14(double *const *rows, size_t w, double *restrict
         MD_CMPX(v5, v6);
         MD_CMPX(v7, v8);
         value[x] = (v6 + v7) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_14(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        value[x] = (((double)v6 + 0.0) + ((double)v7 + 0.0)) / 2.0;
     }
 }
 
@@ -4955,7 +5545,8 @@ MD_HOT static void md_kpass_std_14(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_15(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_15(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -5038,6 +5629,93 @@ MD_HOT static void md_kmedian_15(double *const *rows, size_t w, double *restrict
         MD_CMPX(v7, v9);
         MD_CMPX(v7, v8);
         value[x] = v7;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_15(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        value[x] = ((double)v7 + 0.0);
     }
 }
 
@@ -5354,7 +6032,8 @@ MD_HOT static void md_kpass_std_15(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_16(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_16(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -5443,6 +6122,99 @@ MD_HOT static void md_kmedian_16(double *const *rows, size_t w, double *restrict
         MD_CMPX(v7, v9);
         MD_CMPX(v7, v8);
         value[x] = (v7 + v8) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_16(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        value[x] = (((double)v7 + 0.0) + ((double)v8 + 0.0)) / 2.0;
     }
 }
 
@@ -5793,7 +6565,8 @@ MD_HOT static void md_kpass_std_16(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_17(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_17(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -5901,6 +6674,118 @@ MD_HOT static void md_kmedian_17(double *const *rows, size_t w, double *restrict
         MD_CMPX(v7, v9);
         MD_CMPX(v7, v8);
         value[x] = v8;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_17(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    const float *restrict r16 = rows[16];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        float v16 = r16[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        value[x] = ((double)v8 + 0.0);
     }
 }
 
@@ -6269,7 +7154,8 @@ MD_HOT static void md_kpass_std_17(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_18(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_18(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -6386,6 +7272,127 @@ MD_HOT static void md_kmedian_18(double *const *rows, size_t w, double *restrict
         MD_CMPX(v7, v8);
         MD_CMPX(v9, v10);
         value[x] = (v8 + v9) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_18(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    const float *restrict r16 = rows[16];
+    const float *restrict r17 = rows[17];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        float v16 = r16[x];
+        float v17 = r17[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        value[x] = (((double)v8 + 0.0) + ((double)v9 + 0.0)) / 2.0;
     }
 }
 
@@ -6791,7 +7798,8 @@ MD_HOT static void md_kpass_std_18(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_19(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_19(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -6912,6 +7920,131 @@ MD_HOT static void md_kmedian_19(double *const *rows, size_t w, double *restrict
         MD_CMPX(v10, v12);
         MD_CMPX(v9, v10);
         value[x] = v9;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_19(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    const float *restrict r16 = rows[16];
+    const float *restrict r17 = rows[17];
+    const float *restrict r18 = rows[18];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        float v16 = r16[x];
+        float v17 = r17[x];
+        float v18 = r18[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        value[x] = ((double)v9 + 0.0);
     }
 }
 
@@ -7319,7 +8452,8 @@ MD_HOT static void md_kpass_std_19(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_20(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_20(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -7447,6 +8581,138 @@ MD_HOT static void md_kmedian_20(double *const *rows, size_t w, double *restrict
         MD_CMPX(v10, v12);
         MD_CMPX(v9, v10);
         value[x] = (v9 + v10) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_20(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    const float *restrict r16 = rows[16];
+    const float *restrict r17 = rows[17];
+    const float *restrict r18 = rows[18];
+    const float *restrict r19 = rows[19];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        float v16 = r16[x];
+        float v17 = r17[x];
+        float v18 = r18[x];
+        float v19 = r19[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        value[x] = (((double)v9 + 0.0) + ((double)v10 + 0.0)) / 2.0;
     }
 }
 
@@ -7893,7 +9159,8 @@ MD_HOT static void md_kpass_std_20(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_21(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_21(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -8030,6 +9297,147 @@ MD_HOT static void md_kmedian_21(double *const *rows, size_t w, double *restrict
         MD_CMPX(v10, v12);
         MD_CMPX(v9, v10);
         value[x] = v10;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_21(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    const float *restrict r16 = rows[16];
+    const float *restrict r17 = rows[17];
+    const float *restrict r18 = rows[18];
+    const float *restrict r19 = rows[19];
+    const float *restrict r20 = rows[20];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        float v16 = r16[x];
+        float v17 = r17[x];
+        float v18 = r18[x];
+        float v19 = r19[x];
+        float v20 = r20[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        value[x] = ((double)v10 + 0.0);
     }
 }
 
@@ -8477,7 +9885,8 @@ MD_HOT static void md_kpass_std_21(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_22(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_22(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -8626,6 +10035,159 @@ MD_HOT static void md_kmedian_22(double *const *rows, size_t w, double *restrict
         MD_CMPX(v9, v10);
         MD_CMPX(v11, v12);
         value[x] = (v10 + v11) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_22(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    const float *restrict r16 = rows[16];
+    const float *restrict r17 = rows[17];
+    const float *restrict r18 = rows[18];
+    const float *restrict r19 = rows[19];
+    const float *restrict r20 = rows[20];
+    const float *restrict r21 = rows[21];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        float v16 = r16[x];
+        float v17 = r17[x];
+        float v18 = r18[x];
+        float v19 = r19[x];
+        float v20 = r20[x];
+        float v21 = r21[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        value[x] = (((double)v10 + 0.0) + ((double)v11 + 0.0)) / 2.0;
     }
 }
 
@@ -9116,7 +10678,8 @@ MD_HOT static void md_kpass_std_22(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_23(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_23(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -9270,6 +10833,164 @@ MD_HOT static void md_kmedian_23(double *const *rows, size_t w, double *restrict
         MD_CMPX(v11, v13);
         MD_CMPX(v11, v12);
         value[x] = v11;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_23(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    const float *restrict r16 = rows[16];
+    const float *restrict r17 = rows[17];
+    const float *restrict r18 = rows[18];
+    const float *restrict r19 = rows[19];
+    const float *restrict r20 = rows[20];
+    const float *restrict r21 = rows[21];
+    const float *restrict r22 = rows[22];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        float v16 = r16[x];
+        float v17 = r17[x];
+        float v18 = r18[x];
+        float v19 = r19[x];
+        float v20 = r20[x];
+        float v21 = r21[x];
+        float v22 = r22[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v20, v22);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v18, v22);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v6, v22);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v11, v12);
+        value[x] = ((double)v11 + 0.0);
     }
 }
 
@@ -9758,7 +11479,8 @@ MD_HOT static void md_kpass_std_23(const double *const *rows, size_t w,
     }
 }
 
-MD_HOT static void md_kmedian_24(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian_24(double *const *rows, size_t w,
+                                   double *restrict value)
 {
     const double *restrict r0 = rows[0];
     const double *restrict r1 = rows[1];
@@ -9918,6 +11640,170 @@ MD_HOT static void md_kmedian_24(double *const *rows, size_t w, double *restrict
         MD_CMPX(v11, v13);
         MD_CMPX(v11, v12);
         value[x] = (v11 + v12) / 2.0;
+    }
+}
+
+MD_HOT static void md_kmedian_f32_24(const float *const *rows, size_t w,
+                                   double *restrict value)
+{
+    const float *restrict r0 = rows[0];
+    const float *restrict r1 = rows[1];
+    const float *restrict r2 = rows[2];
+    const float *restrict r3 = rows[3];
+    const float *restrict r4 = rows[4];
+    const float *restrict r5 = rows[5];
+    const float *restrict r6 = rows[6];
+    const float *restrict r7 = rows[7];
+    const float *restrict r8 = rows[8];
+    const float *restrict r9 = rows[9];
+    const float *restrict r10 = rows[10];
+    const float *restrict r11 = rows[11];
+    const float *restrict r12 = rows[12];
+    const float *restrict r13 = rows[13];
+    const float *restrict r14 = rows[14];
+    const float *restrict r15 = rows[15];
+    const float *restrict r16 = rows[16];
+    const float *restrict r17 = rows[17];
+    const float *restrict r18 = rows[18];
+    const float *restrict r19 = rows[19];
+    const float *restrict r20 = rows[20];
+    const float *restrict r21 = rows[21];
+    const float *restrict r22 = rows[22];
+    const float *restrict r23 = rows[23];
+    for (size_t x = 0; x < w; x++) {
+        float v0 = r0[x];
+        float v1 = r1[x];
+        float v2 = r2[x];
+        float v3 = r3[x];
+        float v4 = r4[x];
+        float v5 = r5[x];
+        float v6 = r6[x];
+        float v7 = r7[x];
+        float v8 = r8[x];
+        float v9 = r9[x];
+        float v10 = r10[x];
+        float v11 = r11[x];
+        float v12 = r12[x];
+        float v13 = r13[x];
+        float v14 = r14[x];
+        float v15 = r15[x];
+        float v16 = r16[x];
+        float v17 = r17[x];
+        float v18 = r18[x];
+        float v19 = r19[x];
+        float v20 = r20[x];
+        float v21 = r21[x];
+        float v22 = r22[x];
+        float v23 = r23[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v22, v23);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v20, v22);
+        MD_CMPX(v21, v23);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v18, v22);
+        MD_CMPX(v19, v23);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v6, v22);
+        MD_CMPX(v7, v23);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v11, v12);
+        value[x] = (((double)v11 + 0.0) + ((double)v12 + 0.0)) / 2.0;
     }
 }
 
@@ -10450,29 +12336,29 @@ MD_HOT static void md_kpass_std_24(const double *const *rows, size_t w,
 }
 
 const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {
-    {NULL, NULL, NULL, NULL},
-    {md_kmedian_1, md_ksort_1, NULL, NULL},
-    {md_kmedian_2, md_ksort_2, NULL, NULL},
-    {md_kmedian_3, md_ksort_3, md_kpass_mad_3, md_kpass_std_3},
-    {md_kmedian_4, md_ksort_4, md_kpass_mad_4, md_kpass_std_4},
-    {md_kmedian_5, md_ksort_5, md_kpass_mad_5, md_kpass_std_5},
-    {md_kmedian_6, md_ksort_6, md_kpass_mad_6, md_kpass_std_6},
-    {md_kmedian_7, md_ksort_7, md_kpass_mad_7, md_kpass_std_7},
-    {md_kmedian_8, md_ksort_8, md_kpass_mad_8, md_kpass_std_8},
-    {md_kmedian_9, md_ksort_9, md_kpass_mad_9, md_kpass_std_9},
-    {md_kmedian_10, md_ksort_10, md_kpass_mad_10, md_kpass_std_10},
-    {md_kmedian_11, md_ksort_11, md_kpass_mad_11, md_kpass_std_11},
-    {md_kmedian_12, md_ksort_12, md_kpass_mad_12, md_kpass_std_12},
-    {md_kmedian_13, md_ksort_13, md_kpass_mad_13, md_kpass_std_13},
-    {md_kmedian_14, md_ksort_14, md_kpass_mad_14, md_kpass_std_14},
-    {md_kmedian_15, md_ksort_15, md_kpass_mad_15, md_kpass_std_15},
-    {md_kmedian_16, md_ksort_16, md_kpass_mad_16, md_kpass_std_16},
-    {md_kmedian_17, md_ksort_17, md_kpass_mad_17, md_kpass_std_17},
-    {md_kmedian_18, md_ksort_18, md_kpass_mad_18, md_kpass_std_18},
-    {md_kmedian_19, md_ksort_19, md_kpass_mad_19, md_kpass_std_19},
-    {md_kmedian_20, md_ksort_20, md_kpass_mad_20, md_kpass_std_20},
-    {md_kmedian_21, md_ksort_21, md_kpass_mad_21, md_kpass_std_21},
-    {md_kmedian_22, md_ksort_22, md_kpass_mad_22, md_kpass_std_22},
-    {md_kmedian_23, md_ksort_23, md_kpass_mad_23, md_kpass_std_23},
-    {md_kmedian_24, md_ksort_24, md_kpass_mad_24, md_kpass_std_24},
+    {NULL, NULL, NULL, NULL, NULL},
+    {md_kmedian_1, md_kmedian_f32_1, md_ksort_1, NULL, NULL},
+    {md_kmedian_2, md_kmedian_f32_2, md_ksort_2, NULL, NULL},
+    {md_kmedian_3, md_kmedian_f32_3, md_ksort_3, md_kpass_mad_3, md_kpass_std_3},
+    {md_kmedian_4, md_kmedian_f32_4, md_ksort_4, md_kpass_mad_4, md_kpass_std_4},
+    {md_kmedian_5, md_kmedian_f32_5, md_ksort_5, md_kpass_mad_5, md_kpass_std_5},
+    {md_kmedian_6, md_kmedian_f32_6, md_ksort_6, md_kpass_mad_6, md_kpass_std_6},
+    {md_kmedian_7, md_kmedian_f32_7, md_ksort_7, md_kpass_mad_7, md_kpass_std_7},
+    {md_kmedian_8, md_kmedian_f32_8, md_ksort_8, md_kpass_mad_8, md_kpass_std_8},
+    {md_kmedian_9, md_kmedian_f32_9, md_ksort_9, md_kpass_mad_9, md_kpass_std_9},
+    {md_kmedian_10, md_kmedian_f32_10, md_ksort_10, md_kpass_mad_10, md_kpass_std_10},
+    {md_kmedian_11, md_kmedian_f32_11, md_ksort_11, md_kpass_mad_11, md_kpass_std_11},
+    {md_kmedian_12, md_kmedian_f32_12, md_ksort_12, md_kpass_mad_12, md_kpass_std_12},
+    {md_kmedian_13, md_kmedian_f32_13, md_ksort_13, md_kpass_mad_13, md_kpass_std_13},
+    {md_kmedian_14, md_kmedian_f32_14, md_ksort_14, md_kpass_mad_14, md_kpass_std_14},
+    {md_kmedian_15, md_kmedian_f32_15, md_ksort_15, md_kpass_mad_15, md_kpass_std_15},
+    {md_kmedian_16, md_kmedian_f32_16, md_ksort_16, md_kpass_mad_16, md_kpass_std_16},
+    {md_kmedian_17, md_kmedian_f32_17, md_ksort_17, md_kpass_mad_17, md_kpass_std_17},
+    {md_kmedian_18, md_kmedian_f32_18, md_ksort_18, md_kpass_mad_18, md_kpass_std_18},
+    {md_kmedian_19, md_kmedian_f32_19, md_ksort_19, md_kpass_mad_19, md_kpass_std_19},
+    {md_kmedian_20, md_kmedian_f32_20, md_ksort_20, md_kpass_mad_20, md_kpass_std_20},
+    {md_kmedian_21, md_kmedian_f32_21, md_ksort_21, md_kpass_mad_21, md_kpass_std_21},
+    {md_kmedian_22, md_kmedian_f32_22, md_ksort_22, md_kpass_mad_22, md_kpass_std_22},
+    {md_kmedian_23, md_kmedian_f32_23, md_ksort_23, md_kpass_mad_23, md_kpass_std_23},
+    {md_kmedian_24, md_kmedian_f32_24, md_ksort_24, md_kpass_mad_24, md_kpass_std_24},
 };

@@ -290,6 +290,25 @@ def test_median_of_a_clean_tile_gives_the_bits_of_a_tile_with_a_bad_value(n, rng
     assert (marked.npix[:, 400] == n - 1).all()
 
 
+@pytest.mark.parametrize("n", [2, 3, 9, 10, 11, 12, 24])
+def test_median_of_float32_frames_gives_the_bits_of_their_float64_values(n, rng):
+    """Clean tiles of plain float32 frames take the median kernels for floats, read
+    in place; the same values as float64 take the kernels for doubles.  Ties, zeros
+    of both signs (a tile's values are t + 0.0, so -0.0 becomes +0.0) and a tile
+    with a bad value (the per-column path) must give the same bits."""
+    values = (rng.standard_t(2, (n, 3, 700)) * 3.0).astype(np.float32)
+    values[:, 1] = np.round(values[:, 1])  # ties
+    values[:, 2, :300] = np.where(rng.random((n, 300)) < 0.5, -0.0, 0.0)  # signed zeros
+    values[0, 0, 650] = np.nan
+    single = combine(list(values), "median", dtype="float64")
+    double = combine(list(values.astype(np.float64)), "median", dtype="float64")
+    for name in ("data", "variance", "npix"):
+        a, b = getattr(single, name), getattr(double, name)
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b), err_msg=name)
+    assert not np.signbit(single.data[2, :300]).any()  # -0.0 + 0.0 is +0.0
+
+
 @pytest.mark.parametrize("n", [3, 11, 24])
 @pytest.mark.parametrize("method", ["mean", "median"])
 @pytest.mark.parametrize("scale", [2.0**-1000, 2.0**-500, 1.0, 2.0**480, 2.0**955])

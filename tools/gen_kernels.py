@@ -141,14 +141,27 @@ def stores(n: int) -> list[str]:
     return [f"r{i}[x] = v{i};" for i in range(n)]
 
 
-def kernel_median(n: int) -> str:
-    mid = f"v{n // 2}" if n % 2 else f"(v{n // 2 - 1} + v{n // 2}) / 2.0"
+def kernel_median(n: int, kind: str = "double") -> str:
+    """The median of each column: of a tile's rows, or (kind float) of float32
+    rows read as they are, the network on floats (twice the lanes of a vector).
+    The float kernel's middle values are converted to double, exactly, plus
+    +0.0, as md_load_sum makes a tile's values from floats with a bzero of +0
+    (-0.0 becomes +0.0), so both kernels give the same bits."""
+    if kind == "float":
+        lo, hi = f"((double)v{n // 2 - 1} + 0.0)", f"((double)v{n // 2} + 0.0)"
+    else:
+        lo, hi = f"v{n // 2 - 1}", f"v{n // 2}"
+    mid = hi if n % 2 else f"({lo} + {hi}) / 2.0"
+    suffix = "_f32" if kind == "float" else ""
+    given = "const float" if kind == "float" else "double"
+    rows = "\n".join(f"    const {kind} *restrict r{i} = rows[{i}];" for i in range(n))
     return f"""
-MD_HOT static void md_kmedian_{n}(double *const *rows, size_t w, double *restrict value)
+MD_HOT static void md_kmedian{suffix}_{n}({given} *const *rows, size_t w,
+                                   double *restrict value)
 {{
-{row_pointers(n)}
+{rows}
     for (size_t x = 0; x < w; x++) {{
-{code(loads(n) + network(median_pairs(n)))}
+{code(loads(n, kind) + network(median_pairs(n)))}
         value[x] = {mid};
     }}
 }}
@@ -327,20 +340,21 @@ def main() -> None:
     print('#include <math.h>\n\n#include "md_internal.h"')
     print("\n/* Compare-exchange: the min/max shapes the compiler maps to vector min/max. */")
     print(
-        "#define MD_CMPX(a, b) do { const double lo_ = a < b ? a : b; "
+        "#define MD_CMPX(a, b) do { const __typeof__(a) lo_ = a < b ? a : b; "
         "b = b < a ? a : b; a = lo_; } while (0)"
     )
     for n in range(1, MAX_FRAMES + 1):
         print(kernel_median(n), end="")
+        print(kernel_median(n, "float"), end="")
         print(kernel_sort(n), end="")
         if n >= MIN_CLIP_FRAMES:
             print(kernel_pass(n, "mad"), end="")
             print(kernel_pass(n, "std"), end="")
     print("\nconst md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {")
-    print("    {NULL, NULL, NULL, NULL},")
+    print("    {NULL, NULL, NULL, NULL, NULL},")
     for n in range(1, MAX_FRAMES + 1):
         clips = f"md_kpass_mad_{n}, md_kpass_std_{n}" if n >= MIN_CLIP_FRAMES else "NULL, NULL"
-        print(f"    {{md_kmedian_{n}, md_ksort_{n}, {clips}}},")
+        print(f"    {{md_kmedian_{n}, md_kmedian_f32_{n}, md_ksort_{n}, {clips}}},")
     print("};")
 
 
