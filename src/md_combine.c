@@ -580,7 +580,7 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
         column_moments(nf, NULL, ws, w, 1);
         column_variances(p, ws, w);
     }
-    if (kernels && clean && ws->have_sums && ws->plain_float32) { /* the frames' rows */
+    if (kernels && ws->have_sums && ws->plain_float32) { /* clean: the frames' rows */
         const float *rows[MD_KERNEL_MAX_FRAMES];
         for (size_t i = 0; i < nf; i++) {
             const md_image *im = &in->frames[i];
@@ -666,6 +666,13 @@ static double store_results(const md_outputs *out, double *const *r, int all_use
     return (double)fewest;
 }
 
+/* An output plane as an image md_load_values reads (native order, no scaling). */
+static md_image plane_image(const md_plane *pl)
+{
+    return (md_image){.data = pl->data, .dtype = pl->dtype, .row_stride = pl->row_stride,
+                      .col_stride = pl->col_stride, .bscale = 1.0};
+}
+
 /* Row y of the variance plane replaced by sqrt(variance * npix), from the
  * stored planes (read back, tile by tile, into ws->value and ws->npix): as
  * NumPy's `variance *= npix; sqrt(variance)` gives it in the variance plane's
@@ -674,11 +681,8 @@ static double store_results(const md_outputs *out, double *const *r, int all_use
 MD_HOT static void variance_row_to_std(const md_outputs *out, workspace *ws, size_t y,
                                        size_t nx, size_t tw)
 {
-    const md_plane *vp = &out->variance, *np = &out->npix;
-    const md_image var = {.data = vp->data, .dtype = vp->dtype, .row_stride = vp->row_stride,
-                          .col_stride = vp->col_stride, .bscale = 1.0};
-    const md_image npix = {.data = np->data, .dtype = np->dtype, .row_stride = np->row_stride,
-                           .col_stride = np->col_stride, .bscale = 1.0};
+    const md_plane *vp = &out->variance;
+    const md_image var = plane_image(vp), npix = plane_image(&out->npix);
     const int single = vp->dtype == MD_FLOAT32; /* float32 arithmetic */
     for (size_t x0 = 0; x0 < nx; x0 += tw) {
         const size_t w = nx - x0 < tw ? nx - x0 : tw;
