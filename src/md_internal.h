@@ -109,9 +109,9 @@ void md_sort(double *v, double *wt, size_t n);
 
 /*
  * For N <= MD_KERNEL_MAX_FRAMES frames and a tile whose N rows hold no bad
- * value: the median and the full sort of every column, and sigclip's passes
- * on sorted columns, with the column's values in registers.  Same bits as the
- * generic paths.
+ * value: the median and the full sort of every column, its mean and squared
+ * deviations, and sigclip's passes on sorted columns, with the column's
+ * values in registers.  Same bits as the generic paths.
  */
 #define MD_KERNEL_MAX_FRAMES 24
 
@@ -133,6 +133,9 @@ typedef struct md_kernels {
      * values converted to double). */
     void (*median_f32)(const float *const *rows, size_t w, double *value);
     void (*sort)(double *const *rows, size_t w);
+    /* Per column, the mean of its N values and the sum of their squared
+     * deviations from it (md_vclip.c's run_means and run_sumsq). */
+    void (*moments)(const double *const *rows, size_t w, double *mean, double *sumsq);
     /* A pass of sigclip with centre median and spread MAD (pass_mad) or
      * centre mean and spread std (pass_std) on sorted columns, read and not
      * changed: a sorted tile, or a bucket of md_vclip.c's queue, whose

@@ -37,6 +37,44 @@ MD_HOT static void md_ksort_1(double *const *rows, size_t w)
     }
 }
 
+MD_HOT static void md_kmoments_1(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        const double mean__a = sum_a / 1.0;
+        const double mean__b = sum_b / 1.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        double sum = 0.0;
+        sum += v0;
+        const double mean_ = sum / 1.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
+    }
+}
+
 MD_HOT static void md_kmedian_2(double *const *rows, size_t w,
                                    double *restrict value)
 {
@@ -75,6 +113,54 @@ MD_HOT static void md_ksort_2(double *const *rows, size_t w)
         MD_CMPX(v0, v1);
         r0[x] = v0;
         r1[x] = v1;
+    }
+}
+
+MD_HOT static void md_kmoments_2(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        const double mean__a = sum_a / 2.0;
+        const double mean__b = sum_b / 2.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        const double mean_ = sum / 2.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -129,6 +215,64 @@ MD_HOT static void md_ksort_3(double *const *rows, size_t w)
         r0[x] = v0;
         r1[x] = v1;
         r2[x] = v2;
+    }
+}
+
+MD_HOT static void md_kmoments_3(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        const double mean__a = sum_a / 3.0;
+        const double mean__b = sum_b / 3.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        const double mean_ = sum / 3.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -393,6 +537,74 @@ MD_HOT static void md_ksort_4(double *const *rows, size_t w)
         r1[x] = v1;
         r2[x] = v2;
         r3[x] = v3;
+    }
+}
+
+MD_HOT static void md_kmoments_4(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        const double mean__a = sum_a / 4.0;
+        const double mean__b = sum_b / 4.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        const double mean_ = sum / 4.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -715,6 +927,84 @@ MD_HOT static void md_ksort_5(double *const *rows, size_t w)
         r2[x] = v2;
         r3[x] = v3;
         r4[x] = v4;
+    }
+}
+
+MD_HOT static void md_kmoments_5(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        const double v4_a = r4[x];
+        const double v4_b = r4[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        sum_a += v4_a;
+        sum_b += v4_b;
+        const double mean__a = sum_a / 5.0;
+        const double mean__b = sum_b / 5.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        d_a = v4_a - mean__a; ss_a += d_a * d_a;
+        d_b = v4_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        const double mean_ = sum / 5.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -1066,6 +1356,94 @@ MD_HOT static void md_ksort_6(double *const *rows, size_t w)
         r3[x] = v3;
         r4[x] = v4;
         r5[x] = v5;
+    }
+}
+
+MD_HOT static void md_kmoments_6(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        const double v4_a = r4[x];
+        const double v4_b = r4[x + h];
+        const double v5_a = r5[x];
+        const double v5_b = r5[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        sum_a += v4_a;
+        sum_b += v4_b;
+        sum_a += v5_a;
+        sum_b += v5_b;
+        const double mean__a = sum_a / 6.0;
+        const double mean__b = sum_b / 6.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        d_a = v4_a - mean__a; ss_a += d_a * d_a;
+        d_b = v4_b - mean__b; ss_b += d_b * d_b;
+        d_a = v5_a - mean__a; ss_a += d_a * d_a;
+        d_b = v5_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        const double mean_ = sum / 6.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -1479,6 +1857,104 @@ MD_HOT static void md_ksort_7(double *const *rows, size_t w)
         r4[x] = v4;
         r5[x] = v5;
         r6[x] = v6;
+    }
+}
+
+MD_HOT static void md_kmoments_7(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        const double v4_a = r4[x];
+        const double v4_b = r4[x + h];
+        const double v5_a = r5[x];
+        const double v5_b = r5[x + h];
+        const double v6_a = r6[x];
+        const double v6_b = r6[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        sum_a += v4_a;
+        sum_b += v4_b;
+        sum_a += v5_a;
+        sum_b += v5_b;
+        sum_a += v6_a;
+        sum_b += v6_b;
+        const double mean__a = sum_a / 7.0;
+        const double mean__b = sum_b / 7.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        d_a = v4_a - mean__a; ss_a += d_a * d_a;
+        d_b = v4_b - mean__b; ss_b += d_b * d_b;
+        d_a = v5_a - mean__a; ss_a += d_a * d_a;
+        d_b = v5_b - mean__b; ss_b += d_b * d_b;
+        d_a = v6_a - mean__a; ss_a += d_a * d_a;
+        d_b = v6_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        const double mean_ = sum / 7.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -1913,6 +2389,114 @@ MD_HOT static void md_ksort_8(double *const *rows, size_t w)
         r5[x] = v5;
         r6[x] = v6;
         r7[x] = v7;
+    }
+}
+
+MD_HOT static void md_kmoments_8(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        const double v4_a = r4[x];
+        const double v4_b = r4[x + h];
+        const double v5_a = r5[x];
+        const double v5_b = r5[x + h];
+        const double v6_a = r6[x];
+        const double v6_b = r6[x + h];
+        const double v7_a = r7[x];
+        const double v7_b = r7[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        sum_a += v4_a;
+        sum_b += v4_b;
+        sum_a += v5_a;
+        sum_b += v5_b;
+        sum_a += v6_a;
+        sum_b += v6_b;
+        sum_a += v7_a;
+        sum_b += v7_b;
+        const double mean__a = sum_a / 8.0;
+        const double mean__b = sum_b / 8.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        d_a = v4_a - mean__a; ss_a += d_a * d_a;
+        d_b = v4_b - mean__b; ss_b += d_b * d_b;
+        d_a = v5_a - mean__a; ss_a += d_a * d_a;
+        d_b = v5_b - mean__b; ss_b += d_b * d_b;
+        d_a = v6_a - mean__a; ss_a += d_a * d_a;
+        d_b = v6_b - mean__b; ss_b += d_b * d_b;
+        d_a = v7_a - mean__a; ss_a += d_a * d_a;
+        d_b = v7_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        const double mean_ = sum / 8.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -2421,6 +3005,124 @@ MD_HOT static void md_ksort_9(double *const *rows, size_t w)
         r6[x] = v6;
         r7[x] = v7;
         r8[x] = v8;
+    }
+}
+
+MD_HOT static void md_kmoments_9(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        const double v4_a = r4[x];
+        const double v4_b = r4[x + h];
+        const double v5_a = r5[x];
+        const double v5_b = r5[x + h];
+        const double v6_a = r6[x];
+        const double v6_b = r6[x + h];
+        const double v7_a = r7[x];
+        const double v7_b = r7[x + h];
+        const double v8_a = r8[x];
+        const double v8_b = r8[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        sum_a += v4_a;
+        sum_b += v4_b;
+        sum_a += v5_a;
+        sum_b += v5_b;
+        sum_a += v6_a;
+        sum_b += v6_b;
+        sum_a += v7_a;
+        sum_b += v7_b;
+        sum_a += v8_a;
+        sum_b += v8_b;
+        const double mean__a = sum_a / 9.0;
+        const double mean__b = sum_b / 9.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        d_a = v4_a - mean__a; ss_a += d_a * d_a;
+        d_b = v4_b - mean__b; ss_b += d_b * d_b;
+        d_a = v5_a - mean__a; ss_a += d_a * d_a;
+        d_b = v5_b - mean__b; ss_b += d_b * d_b;
+        d_a = v6_a - mean__a; ss_a += d_a * d_a;
+        d_b = v6_b - mean__b; ss_b += d_b * d_b;
+        d_a = v7_a - mean__a; ss_a += d_a * d_a;
+        d_b = v7_b - mean__b; ss_b += d_b * d_b;
+        d_a = v8_a - mean__a; ss_a += d_a * d_a;
+        d_b = v8_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        const double mean_ = sum / 9.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -2948,6 +3650,134 @@ MD_HOT static void md_ksort_10(double *const *rows, size_t w)
         r7[x] = v7;
         r8[x] = v8;
         r9[x] = v9;
+    }
+}
+
+MD_HOT static void md_kmoments_10(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        const double v4_a = r4[x];
+        const double v4_b = r4[x + h];
+        const double v5_a = r5[x];
+        const double v5_b = r5[x + h];
+        const double v6_a = r6[x];
+        const double v6_b = r6[x + h];
+        const double v7_a = r7[x];
+        const double v7_b = r7[x + h];
+        const double v8_a = r8[x];
+        const double v8_b = r8[x + h];
+        const double v9_a = r9[x];
+        const double v9_b = r9[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        sum_a += v4_a;
+        sum_b += v4_b;
+        sum_a += v5_a;
+        sum_b += v5_b;
+        sum_a += v6_a;
+        sum_b += v6_b;
+        sum_a += v7_a;
+        sum_b += v7_b;
+        sum_a += v8_a;
+        sum_b += v8_b;
+        sum_a += v9_a;
+        sum_b += v9_b;
+        const double mean__a = sum_a / 10.0;
+        const double mean__b = sum_b / 10.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        d_a = v4_a - mean__a; ss_a += d_a * d_a;
+        d_b = v4_b - mean__b; ss_b += d_b * d_b;
+        d_a = v5_a - mean__a; ss_a += d_a * d_a;
+        d_b = v5_b - mean__b; ss_b += d_b * d_b;
+        d_a = v6_a - mean__a; ss_a += d_a * d_a;
+        d_b = v6_b - mean__b; ss_b += d_b * d_b;
+        d_a = v7_a - mean__a; ss_a += d_a * d_a;
+        d_b = v7_b - mean__b; ss_b += d_b * d_b;
+        d_a = v8_a - mean__a; ss_a += d_a * d_a;
+        d_b = v8_b - mean__b; ss_b += d_b * d_b;
+        d_a = v9_a - mean__a; ss_a += d_a * d_a;
+        d_b = v9_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        const double mean_ = sum / 10.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -3552,6 +4382,144 @@ MD_HOT static void md_ksort_11(double *const *rows, size_t w)
         r8[x] = v8;
         r9[x] = v9;
         r10[x] = v10;
+    }
+}
+
+MD_HOT static void md_kmoments_11(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        const double v4_a = r4[x];
+        const double v4_b = r4[x + h];
+        const double v5_a = r5[x];
+        const double v5_b = r5[x + h];
+        const double v6_a = r6[x];
+        const double v6_b = r6[x + h];
+        const double v7_a = r7[x];
+        const double v7_b = r7[x + h];
+        const double v8_a = r8[x];
+        const double v8_b = r8[x + h];
+        const double v9_a = r9[x];
+        const double v9_b = r9[x + h];
+        const double v10_a = r10[x];
+        const double v10_b = r10[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        sum_a += v4_a;
+        sum_b += v4_b;
+        sum_a += v5_a;
+        sum_b += v5_b;
+        sum_a += v6_a;
+        sum_b += v6_b;
+        sum_a += v7_a;
+        sum_b += v7_b;
+        sum_a += v8_a;
+        sum_b += v8_b;
+        sum_a += v9_a;
+        sum_b += v9_b;
+        sum_a += v10_a;
+        sum_b += v10_b;
+        const double mean__a = sum_a / 11.0;
+        const double mean__b = sum_b / 11.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        d_a = v4_a - mean__a; ss_a += d_a * d_a;
+        d_b = v4_b - mean__b; ss_b += d_b * d_b;
+        d_a = v5_a - mean__a; ss_a += d_a * d_a;
+        d_b = v5_b - mean__b; ss_b += d_b * d_b;
+        d_a = v6_a - mean__a; ss_a += d_a * d_a;
+        d_b = v6_b - mean__b; ss_b += d_b * d_b;
+        d_a = v7_a - mean__a; ss_a += d_a * d_a;
+        d_b = v7_b - mean__b; ss_b += d_b * d_b;
+        d_a = v8_a - mean__a; ss_a += d_a * d_a;
+        d_b = v8_b - mean__b; ss_b += d_b * d_b;
+        d_a = v9_a - mean__a; ss_a += d_a * d_a;
+        d_b = v9_b - mean__b; ss_b += d_b * d_b;
+        d_a = v10_a - mean__a; ss_a += d_a * d_a;
+        d_b = v10_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        const double mean_ = sum / 11.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -4177,6 +5145,154 @@ MD_HOT static void md_ksort_12(double *const *rows, size_t w)
         r9[x] = v9;
         r10[x] = v10;
         r11[x] = v11;
+    }
+}
+
+MD_HOT static void md_kmoments_12(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    const size_t h = w / 2 / 8 * 8;
+#pragma GCC ivdep
+    for (size_t x = 0; x < h; x++) {
+        const double v0_a = r0[x];
+        const double v0_b = r0[x + h];
+        const double v1_a = r1[x];
+        const double v1_b = r1[x + h];
+        const double v2_a = r2[x];
+        const double v2_b = r2[x + h];
+        const double v3_a = r3[x];
+        const double v3_b = r3[x + h];
+        const double v4_a = r4[x];
+        const double v4_b = r4[x + h];
+        const double v5_a = r5[x];
+        const double v5_b = r5[x + h];
+        const double v6_a = r6[x];
+        const double v6_b = r6[x + h];
+        const double v7_a = r7[x];
+        const double v7_b = r7[x + h];
+        const double v8_a = r8[x];
+        const double v8_b = r8[x + h];
+        const double v9_a = r9[x];
+        const double v9_b = r9[x + h];
+        const double v10_a = r10[x];
+        const double v10_b = r10[x + h];
+        const double v11_a = r11[x];
+        const double v11_b = r11[x + h];
+        double sum_a = 0.0;
+        double sum_b = 0.0;
+        sum_a += v0_a;
+        sum_b += v0_b;
+        sum_a += v1_a;
+        sum_b += v1_b;
+        sum_a += v2_a;
+        sum_b += v2_b;
+        sum_a += v3_a;
+        sum_b += v3_b;
+        sum_a += v4_a;
+        sum_b += v4_b;
+        sum_a += v5_a;
+        sum_b += v5_b;
+        sum_a += v6_a;
+        sum_b += v6_b;
+        sum_a += v7_a;
+        sum_b += v7_b;
+        sum_a += v8_a;
+        sum_b += v8_b;
+        sum_a += v9_a;
+        sum_b += v9_b;
+        sum_a += v10_a;
+        sum_b += v10_b;
+        sum_a += v11_a;
+        sum_b += v11_b;
+        const double mean__a = sum_a / 12.0;
+        const double mean__b = sum_b / 12.0;
+        double ss_a = 0.0, d_a;
+        double ss_b = 0.0, d_b;
+        d_a = v0_a - mean__a; ss_a += d_a * d_a;
+        d_b = v0_b - mean__b; ss_b += d_b * d_b;
+        d_a = v1_a - mean__a; ss_a += d_a * d_a;
+        d_b = v1_b - mean__b; ss_b += d_b * d_b;
+        d_a = v2_a - mean__a; ss_a += d_a * d_a;
+        d_b = v2_b - mean__b; ss_b += d_b * d_b;
+        d_a = v3_a - mean__a; ss_a += d_a * d_a;
+        d_b = v3_b - mean__b; ss_b += d_b * d_b;
+        d_a = v4_a - mean__a; ss_a += d_a * d_a;
+        d_b = v4_b - mean__b; ss_b += d_b * d_b;
+        d_a = v5_a - mean__a; ss_a += d_a * d_a;
+        d_b = v5_b - mean__b; ss_b += d_b * d_b;
+        d_a = v6_a - mean__a; ss_a += d_a * d_a;
+        d_b = v6_b - mean__b; ss_b += d_b * d_b;
+        d_a = v7_a - mean__a; ss_a += d_a * d_a;
+        d_b = v7_b - mean__b; ss_b += d_b * d_b;
+        d_a = v8_a - mean__a; ss_a += d_a * d_a;
+        d_b = v8_b - mean__b; ss_b += d_b * d_b;
+        d_a = v9_a - mean__a; ss_a += d_a * d_a;
+        d_b = v9_b - mean__b; ss_b += d_b * d_b;
+        d_a = v10_a - mean__a; ss_a += d_a * d_a;
+        d_b = v10_b - mean__b; ss_b += d_b * d_b;
+        d_a = v11_a - mean__a; ss_a += d_a * d_a;
+        d_b = v11_b - mean__b; ss_b += d_b * d_b;
+        mean[x] = mean__a;
+        mean[x + h] = mean__b;
+        sumsq[x] = ss_a;
+        sumsq[x + h] = ss_b;
+    }
+#pragma GCC ivdep
+    for (size_t x = 2 * h; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        const double mean_ = sum / 12.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -4891,6 +6007,71 @@ MD_HOT static void md_ksort_13(double *const *rows, size_t w)
     }
 }
 
+MD_HOT static void md_kmoments_13(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        const double mean_ = sum / 13.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
+    }
+}
+
 MD_HOT static void md_kpass_mad_13(const double *const *rows, size_t w,
                                     const md_clip_args *a)
 {
@@ -5336,6 +6517,75 @@ MD_HOT static void md_ksort_14(double *const *rows, size_t w)
         r11[x] = v11;
         r12[x] = v12;
         r13[x] = v13;
+    }
+}
+
+MD_HOT static void md_kmoments_14(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        const double mean_ = sum / 14.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -5828,6 +7078,79 @@ MD_HOT static void md_ksort_15(double *const *rows, size_t w)
         r12[x] = v12;
         r13[x] = v13;
         r14[x] = v14;
+    }
+}
+
+MD_HOT static void md_kmoments_15(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        const double mean_ = sum / 15.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -6334,6 +7657,83 @@ MD_HOT static void md_ksort_16(double *const *rows, size_t w)
         r13[x] = v13;
         r14[x] = v14;
         r15[x] = v15;
+    }
+}
+
+MD_HOT static void md_kmoments_16(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        const double mean_ = sum / 16.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -6930,6 +8330,87 @@ MD_HOT static void md_ksort_17(double *const *rows, size_t w)
         r14[x] = v14;
         r15[x] = v15;
         r16[x] = v16;
+    }
+}
+
+MD_HOT static void md_kmoments_17(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+    const double *restrict r16 = rows[16];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        const double v16 = r16[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        sum += v16;
+        const double mean_ = sum / 17.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        d = v16 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -7545,6 +9026,91 @@ MD_HOT static void md_ksort_18(double *const *rows, size_t w)
         r15[x] = v15;
         r16[x] = v16;
         r17[x] = v17;
+    }
+}
+
+MD_HOT static void md_kmoments_18(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+    const double *restrict r16 = rows[16];
+    const double *restrict r17 = rows[17];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        const double v16 = r16[x];
+        const double v17 = r17[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        sum += v16;
+        sum += v17;
+        const double mean_ = sum / 18.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        d = v16 - mean_; ss += d * d;
+        d = v17 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -8208,6 +9774,95 @@ MD_HOT static void md_ksort_19(double *const *rows, size_t w)
         r16[x] = v16;
         r17[x] = v17;
         r18[x] = v18;
+    }
+}
+
+MD_HOT static void md_kmoments_19(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+    const double *restrict r16 = rows[16];
+    const double *restrict r17 = rows[17];
+    const double *restrict r18 = rows[18];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        const double v16 = r16[x];
+        const double v17 = r17[x];
+        const double v18 = r18[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        sum += v16;
+        sum += v17;
+        sum += v18;
+        const double mean_ = sum / 19.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        d = v16 - mean_; ss += d * d;
+        d = v17 - mean_; ss += d * d;
+        d = v18 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -8884,6 +10539,99 @@ MD_HOT static void md_ksort_20(double *const *rows, size_t w)
         r17[x] = v17;
         r18[x] = v18;
         r19[x] = v19;
+    }
+}
+
+MD_HOT static void md_kmoments_20(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+    const double *restrict r16 = rows[16];
+    const double *restrict r17 = rows[17];
+    const double *restrict r18 = rows[18];
+    const double *restrict r19 = rows[19];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        const double v16 = r16[x];
+        const double v17 = r17[x];
+        const double v18 = r18[x];
+        const double v19 = r19[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        sum += v16;
+        sum += v17;
+        sum += v18;
+        sum += v19;
+        const double mean_ = sum / 20.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        d = v16 - mean_; ss += d * d;
+        d = v17 - mean_; ss += d * d;
+        d = v18 - mean_; ss += d * d;
+        d = v19 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -9621,6 +11369,103 @@ MD_HOT static void md_ksort_21(double *const *rows, size_t w)
         r18[x] = v18;
         r19[x] = v19;
         r20[x] = v20;
+    }
+}
+
+MD_HOT static void md_kmoments_21(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+    const double *restrict r16 = rows[16];
+    const double *restrict r17 = rows[17];
+    const double *restrict r18 = rows[18];
+    const double *restrict r19 = rows[19];
+    const double *restrict r20 = rows[20];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        const double v16 = r16[x];
+        const double v17 = r17[x];
+        const double v18 = r18[x];
+        const double v19 = r19[x];
+        const double v20 = r20[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        sum += v16;
+        sum += v17;
+        sum += v18;
+        sum += v19;
+        sum += v20;
+        const double mean_ = sum / 21.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        d = v16 - mean_; ss += d * d;
+        d = v17 - mean_; ss += d * d;
+        d = v18 - mean_; ss += d * d;
+        d = v19 - mean_; ss += d * d;
+        d = v20 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -10381,6 +12226,107 @@ MD_HOT static void md_ksort_22(double *const *rows, size_t w)
         r19[x] = v19;
         r20[x] = v20;
         r21[x] = v21;
+    }
+}
+
+MD_HOT static void md_kmoments_22(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+    const double *restrict r16 = rows[16];
+    const double *restrict r17 = rows[17];
+    const double *restrict r18 = rows[18];
+    const double *restrict r19 = rows[19];
+    const double *restrict r20 = rows[20];
+    const double *restrict r21 = rows[21];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        const double v16 = r16[x];
+        const double v17 = r17[x];
+        const double v18 = r18[x];
+        const double v19 = r19[x];
+        const double v20 = r20[x];
+        const double v21 = r21[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        sum += v16;
+        sum += v17;
+        sum += v18;
+        sum += v19;
+        sum += v20;
+        sum += v21;
+        const double mean_ = sum / 22.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        d = v16 - mean_; ss += d * d;
+        d = v17 - mean_; ss += d * d;
+        d = v18 - mean_; ss += d * d;
+        d = v19 - mean_; ss += d * d;
+        d = v20 - mean_; ss += d * d;
+        d = v21 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -11195,6 +13141,111 @@ MD_HOT static void md_ksort_23(double *const *rows, size_t w)
         r20[x] = v20;
         r21[x] = v21;
         r22[x] = v22;
+    }
+}
+
+MD_HOT static void md_kmoments_23(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+    const double *restrict r16 = rows[16];
+    const double *restrict r17 = rows[17];
+    const double *restrict r18 = rows[18];
+    const double *restrict r19 = rows[19];
+    const double *restrict r20 = rows[20];
+    const double *restrict r21 = rows[21];
+    const double *restrict r22 = rows[22];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        const double v16 = r16[x];
+        const double v17 = r17[x];
+        const double v18 = r18[x];
+        const double v19 = r19[x];
+        const double v20 = r20[x];
+        const double v21 = r21[x];
+        const double v22 = r22[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        sum += v16;
+        sum += v17;
+        sum += v18;
+        sum += v19;
+        sum += v20;
+        sum += v21;
+        sum += v22;
+        const double mean_ = sum / 23.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        d = v16 - mean_; ss += d * d;
+        d = v17 - mean_; ss += d * d;
+        d = v18 - mean_; ss += d * d;
+        d = v19 - mean_; ss += d * d;
+        d = v20 - mean_; ss += d * d;
+        d = v21 - mean_; ss += d * d;
+        d = v22 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
     }
 }
 
@@ -12019,6 +14070,115 @@ MD_HOT static void md_ksort_24(double *const *rows, size_t w)
     }
 }
 
+MD_HOT static void md_kmoments_24(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{
+    const double *restrict r0 = rows[0];
+    const double *restrict r1 = rows[1];
+    const double *restrict r2 = rows[2];
+    const double *restrict r3 = rows[3];
+    const double *restrict r4 = rows[4];
+    const double *restrict r5 = rows[5];
+    const double *restrict r6 = rows[6];
+    const double *restrict r7 = rows[7];
+    const double *restrict r8 = rows[8];
+    const double *restrict r9 = rows[9];
+    const double *restrict r10 = rows[10];
+    const double *restrict r11 = rows[11];
+    const double *restrict r12 = rows[12];
+    const double *restrict r13 = rows[13];
+    const double *restrict r14 = rows[14];
+    const double *restrict r15 = rows[15];
+    const double *restrict r16 = rows[16];
+    const double *restrict r17 = rows[17];
+    const double *restrict r18 = rows[18];
+    const double *restrict r19 = rows[19];
+    const double *restrict r20 = rows[20];
+    const double *restrict r21 = rows[21];
+    const double *restrict r22 = rows[22];
+    const double *restrict r23 = rows[23];
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {
+        const double v0 = r0[x];
+        const double v1 = r1[x];
+        const double v2 = r2[x];
+        const double v3 = r3[x];
+        const double v4 = r4[x];
+        const double v5 = r5[x];
+        const double v6 = r6[x];
+        const double v7 = r7[x];
+        const double v8 = r8[x];
+        const double v9 = r9[x];
+        const double v10 = r10[x];
+        const double v11 = r11[x];
+        const double v12 = r12[x];
+        const double v13 = r13[x];
+        const double v14 = r14[x];
+        const double v15 = r15[x];
+        const double v16 = r16[x];
+        const double v17 = r17[x];
+        const double v18 = r18[x];
+        const double v19 = r19[x];
+        const double v20 = r20[x];
+        const double v21 = r21[x];
+        const double v22 = r22[x];
+        const double v23 = r23[x];
+        double sum = 0.0;
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+        sum += v4;
+        sum += v5;
+        sum += v6;
+        sum += v7;
+        sum += v8;
+        sum += v9;
+        sum += v10;
+        sum += v11;
+        sum += v12;
+        sum += v13;
+        sum += v14;
+        sum += v15;
+        sum += v16;
+        sum += v17;
+        sum += v18;
+        sum += v19;
+        sum += v20;
+        sum += v21;
+        sum += v22;
+        sum += v23;
+        const double mean_ = sum / 24.0;
+        double ss = 0.0, d;
+        d = v0 - mean_; ss += d * d;
+        d = v1 - mean_; ss += d * d;
+        d = v2 - mean_; ss += d * d;
+        d = v3 - mean_; ss += d * d;
+        d = v4 - mean_; ss += d * d;
+        d = v5 - mean_; ss += d * d;
+        d = v6 - mean_; ss += d * d;
+        d = v7 - mean_; ss += d * d;
+        d = v8 - mean_; ss += d * d;
+        d = v9 - mean_; ss += d * d;
+        d = v10 - mean_; ss += d * d;
+        d = v11 - mean_; ss += d * d;
+        d = v12 - mean_; ss += d * d;
+        d = v13 - mean_; ss += d * d;
+        d = v14 - mean_; ss += d * d;
+        d = v15 - mean_; ss += d * d;
+        d = v16 - mean_; ss += d * d;
+        d = v17 - mean_; ss += d * d;
+        d = v18 - mean_; ss += d * d;
+        d = v19 - mean_; ss += d * d;
+        d = v20 - mean_; ss += d * d;
+        d = v21 - mean_; ss += d * d;
+        d = v22 - mean_; ss += d * d;
+        d = v23 - mean_; ss += d * d;
+        mean[x] = mean_;
+        sumsq[x] = ss;
+    }
+}
+
 MD_HOT static void md_kpass_mad_24(const double *const *rows, size_t w,
                                     const md_clip_args *a)
 {
@@ -12336,29 +14496,29 @@ MD_HOT static void md_kpass_std_24(const double *const *rows, size_t w,
 }
 
 const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {
-    {NULL, NULL, NULL, NULL, NULL},
-    {md_kmedian_1, md_kmedian_f32_1, md_ksort_1, NULL, NULL},
-    {md_kmedian_2, md_kmedian_f32_2, md_ksort_2, NULL, NULL},
-    {md_kmedian_3, md_kmedian_f32_3, md_ksort_3, md_kpass_mad_3, md_kpass_std_3},
-    {md_kmedian_4, md_kmedian_f32_4, md_ksort_4, md_kpass_mad_4, md_kpass_std_4},
-    {md_kmedian_5, md_kmedian_f32_5, md_ksort_5, md_kpass_mad_5, md_kpass_std_5},
-    {md_kmedian_6, md_kmedian_f32_6, md_ksort_6, md_kpass_mad_6, md_kpass_std_6},
-    {md_kmedian_7, md_kmedian_f32_7, md_ksort_7, md_kpass_mad_7, md_kpass_std_7},
-    {md_kmedian_8, md_kmedian_f32_8, md_ksort_8, md_kpass_mad_8, md_kpass_std_8},
-    {md_kmedian_9, md_kmedian_f32_9, md_ksort_9, md_kpass_mad_9, md_kpass_std_9},
-    {md_kmedian_10, md_kmedian_f32_10, md_ksort_10, md_kpass_mad_10, md_kpass_std_10},
-    {md_kmedian_11, md_kmedian_f32_11, md_ksort_11, md_kpass_mad_11, md_kpass_std_11},
-    {md_kmedian_12, md_kmedian_f32_12, md_ksort_12, md_kpass_mad_12, md_kpass_std_12},
-    {md_kmedian_13, md_kmedian_f32_13, md_ksort_13, md_kpass_mad_13, md_kpass_std_13},
-    {md_kmedian_14, md_kmedian_f32_14, md_ksort_14, md_kpass_mad_14, md_kpass_std_14},
-    {md_kmedian_15, md_kmedian_f32_15, md_ksort_15, md_kpass_mad_15, md_kpass_std_15},
-    {md_kmedian_16, md_kmedian_f32_16, md_ksort_16, md_kpass_mad_16, md_kpass_std_16},
-    {md_kmedian_17, md_kmedian_f32_17, md_ksort_17, md_kpass_mad_17, md_kpass_std_17},
-    {md_kmedian_18, md_kmedian_f32_18, md_ksort_18, md_kpass_mad_18, md_kpass_std_18},
-    {md_kmedian_19, md_kmedian_f32_19, md_ksort_19, md_kpass_mad_19, md_kpass_std_19},
-    {md_kmedian_20, md_kmedian_f32_20, md_ksort_20, md_kpass_mad_20, md_kpass_std_20},
-    {md_kmedian_21, md_kmedian_f32_21, md_ksort_21, md_kpass_mad_21, md_kpass_std_21},
-    {md_kmedian_22, md_kmedian_f32_22, md_ksort_22, md_kpass_mad_22, md_kpass_std_22},
-    {md_kmedian_23, md_kmedian_f32_23, md_ksort_23, md_kpass_mad_23, md_kpass_std_23},
-    {md_kmedian_24, md_kmedian_f32_24, md_ksort_24, md_kpass_mad_24, md_kpass_std_24},
+    {NULL, NULL, NULL, NULL, NULL, NULL},
+    {md_kmedian_1, md_kmedian_f32_1, md_ksort_1, md_kmoments_1, NULL, NULL},
+    {md_kmedian_2, md_kmedian_f32_2, md_ksort_2, md_kmoments_2, NULL, NULL},
+    {md_kmedian_3, md_kmedian_f32_3, md_ksort_3, md_kmoments_3, md_kpass_mad_3, md_kpass_std_3},
+    {md_kmedian_4, md_kmedian_f32_4, md_ksort_4, md_kmoments_4, md_kpass_mad_4, md_kpass_std_4},
+    {md_kmedian_5, md_kmedian_f32_5, md_ksort_5, md_kmoments_5, md_kpass_mad_5, md_kpass_std_5},
+    {md_kmedian_6, md_kmedian_f32_6, md_ksort_6, md_kmoments_6, md_kpass_mad_6, md_kpass_std_6},
+    {md_kmedian_7, md_kmedian_f32_7, md_ksort_7, md_kmoments_7, md_kpass_mad_7, md_kpass_std_7},
+    {md_kmedian_8, md_kmedian_f32_8, md_ksort_8, md_kmoments_8, md_kpass_mad_8, md_kpass_std_8},
+    {md_kmedian_9, md_kmedian_f32_9, md_ksort_9, md_kmoments_9, md_kpass_mad_9, md_kpass_std_9},
+    {md_kmedian_10, md_kmedian_f32_10, md_ksort_10, md_kmoments_10, md_kpass_mad_10, md_kpass_std_10},
+    {md_kmedian_11, md_kmedian_f32_11, md_ksort_11, md_kmoments_11, md_kpass_mad_11, md_kpass_std_11},
+    {md_kmedian_12, md_kmedian_f32_12, md_ksort_12, md_kmoments_12, md_kpass_mad_12, md_kpass_std_12},
+    {md_kmedian_13, md_kmedian_f32_13, md_ksort_13, md_kmoments_13, md_kpass_mad_13, md_kpass_std_13},
+    {md_kmedian_14, md_kmedian_f32_14, md_ksort_14, md_kmoments_14, md_kpass_mad_14, md_kpass_std_14},
+    {md_kmedian_15, md_kmedian_f32_15, md_ksort_15, md_kmoments_15, md_kpass_mad_15, md_kpass_std_15},
+    {md_kmedian_16, md_kmedian_f32_16, md_ksort_16, md_kmoments_16, md_kpass_mad_16, md_kpass_std_16},
+    {md_kmedian_17, md_kmedian_f32_17, md_ksort_17, md_kmoments_17, md_kpass_mad_17, md_kpass_std_17},
+    {md_kmedian_18, md_kmedian_f32_18, md_ksort_18, md_kmoments_18, md_kpass_mad_18, md_kpass_std_18},
+    {md_kmedian_19, md_kmedian_f32_19, md_ksort_19, md_kmoments_19, md_kpass_mad_19, md_kpass_std_19},
+    {md_kmedian_20, md_kmedian_f32_20, md_ksort_20, md_kmoments_20, md_kpass_mad_20, md_kpass_std_20},
+    {md_kmedian_21, md_kmedian_f32_21, md_ksort_21, md_kmoments_21, md_kpass_mad_21, md_kpass_std_21},
+    {md_kmedian_22, md_kmedian_f32_22, md_ksort_22, md_kmoments_22, md_kpass_mad_22, md_kpass_std_22},
+    {md_kmedian_23, md_kmedian_f32_23, md_ksort_23, md_kmoments_23, md_kpass_mad_23, md_kpass_std_23},
+    {md_kmedian_24, md_kmedian_f32_24, md_ksort_24, md_kmoments_24, md_kpass_mad_24, md_kpass_std_24},
 };

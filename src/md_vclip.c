@@ -61,6 +61,22 @@ MD_INLINE void run_sumsq(const double *v, size_t stride, int a, int b, size_t w,
     }
 }
 
+/* mean[x] and ss[x]: run_means and run_sumsq of the rows a .. b - 1, by the
+ * generated kernel for b - a values when there is one (same bits). */
+MD_INLINE void run_moments(const double *v, size_t stride, int a, int b, size_t w,
+                           double *restrict mean, double *restrict ss)
+{
+    const int m = b - a;
+    if (m >= 1 && m <= MD_KERNEL_MAX_FRAMES) {
+        const double *rows[MD_KERNEL_MAX_FRAMES];
+        for (int i = 0; i < m; i++) rows[i] = v + (size_t)(a + i) * stride;
+        md_kernel_table[m].moments(rows, w, mean, ss);
+        return;
+    }
+    run_means(v, stride, a, b, w, mean);
+    run_sumsq(v, stride, a, b, w, mean, ss);
+}
+
 /*
  * md_reduce.c's mean_of_run, last step, for w columns of n values whose runs
  * hold m values each: from the means of the runs and their sums of squared
@@ -98,12 +114,11 @@ MD_INLINE void mean_of_runs(const md_params *p, const double *v, size_t stride, 
                             double *restrict variance, double *restrict npix,
                             double *restrict nrej)
 {
-    run_means(v, stride, a, b, w, sc->c);
     if (b - a >= 2) {
-        run_sumsq(v, stride, a, b, w, sc->c, sc->s);
+        run_moments(v, stride, a, b, w, sc->c, sc->s);
     } else {
-        run_means(v, stride, 0, n, w, sc->tmp);
-        run_sumsq(v, stride, 0, n, w, sc->tmp, sc->s);
+        run_means(v, stride, a, b, w, sc->c);
+        run_moments(v, stride, 0, n, w, sc->tmp, sc->s);
     }
     finish_runs(p, n, b - a, w, sc->c, sc->s, value, variance, npix, nrej);
 }
@@ -160,13 +175,8 @@ MD_INLINE void run_spreads(const md_params *p, const double *v, size_t stride, i
             const double signal = c[x] > 0.0 ? c[x] : 0.0;
             s[x] = sqrt(rdnoise * rdnoise + gain * signal) / gain;
         }
-    } else if (p->spread == MD_SPREAD_STD) {
-        const double *restrict mean = c;
-        if (p->centre != MD_CENTRE_MEAN) {
-            run_means(v, stride, 0, m, w, sc->tmp);
-            mean = sc->tmp;
-        }
-        run_sumsq(v, stride, 0, m, w, mean, s);
+    } else if (p->spread == MD_SPREAD_STD) { /* about the runs' means (sc->tmp) */
+        run_moments(v, stride, 0, m, w, sc->tmp, s);
         for (size_t x = 0; x < w; x++) s[x] = m >= 2 ? sqrt(s[x] / (m - 1)) : 0.0;
     } else {
         run_mads(v, stride, m, w, sc);
@@ -180,7 +190,7 @@ MD_INLINE void run_spreads(const md_params *p, const double *v, size_t stride, i
  * One clipping pass, as md_reduce.c's, on the runs [0, m) of w columns: a
  * column whose pass rejects nothing, or would reject everything, keeps its
  * run and stops (moving[x] = 0); the others take their new runs [lo[x],
- * hi[x]) (moving[x] = 1).  Uses sc->c and sc->s.
+ * hi[x]) (moving[x] = 1).  Uses sc->c, sc->s and sc->tmp.
  */
 MD_INLINE void clip_pass(const md_params *p, const double *v, size_t stride, int m, size_t w,
                          md_vclip_scratch *sc)
@@ -326,8 +336,7 @@ MD_INLINE void pass_and_moments(const md_params *p, md_clip_kernel generated, co
         return;
     }
     clip_pass(p, v, stride, m, w, sc);
-    run_means(v, stride, 0, m, w, sc->c);
-    run_sumsq(v, stride, 0, m, w, sc->c, sc->s);
+    run_moments(v, stride, 0, m, w, sc->c, sc->s);
 }
 
 MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *const *rows,

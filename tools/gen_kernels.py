@@ -6,6 +6,8 @@ register per frame once the compiler vectorises the loop across columns):
 
 * ``md_kmedian_N``: the median by the pruned Batcher network;
 * ``md_ksort_N``: the full Batcher network, storing the sorted column back;
+* ``md_kmoments_N``: the mean of each column's N values and the sum of their
+  squared deviations from it (md_vclip.c's run_means and run_sumsq);
 * ``md_kpass_mad_N`` and ``md_kpass_std_N`` (N >= 3): a clipping pass of
   sigclip (centre median and spread MAD, or centre mean and spread std) on
   columns of N sorted values (a sorted tile, or a bucket of md_vclip.c's
@@ -248,14 +250,18 @@ def mad_of_sorted(n: int) -> list[str]:
     return body + t.lines + [f"double s = MD_MAD_TO_SIGMA * ({mid});"]
 
 
+def moments_body(n: int) -> list[str]:
+    """The mean (mean_) of a column's n values v0..v{n-1} and the sum of their
+    squared deviations from it (ss), in md_vclip.c's order."""
+    body = ["double sum = 0.0;"] + [f"sum += v{i};" for i in range(n)]
+    body += [f"const double mean_ = sum / {n}.0;", "double ss = 0.0, d;"]
+    return body + [f"d = v{i} - mean_; ss += d * d;" for i in range(n)]
+
+
 def pass_body(n: int, spread: str) -> list[str]:
     """The statements of a pass on one sorted column (x) of n values, one per
     item: centre and spread, limits, counts and the column's results."""
-    body = loads(n, "const double")
-    # The mean and squared deviations of all n values, in md_vclip.c's order.
-    body += ["double sum = 0.0;"] + [f"sum += v{i};" for i in range(n)]
-    body += [f"const double mean_ = sum / {n}.0;", "double ss = 0.0, d;"]
-    body += [f"d = v{i} - mean_; ss += d * d;" for i in range(n)]
+    body = loads(n, "const double") + moments_body(n)
     if spread == "mad":
         body += mad_of_sorted(n)
     else:
@@ -296,23 +302,21 @@ def strip(body: list[str], suffix: str, column: str) -> list[str]:
     return [re.sub(r"\[x\]", f"[{column}]", re.sub(names, rf"\1{suffix}", line)) for line in body]
 
 
-def kernel_pass(n: int, spread: str) -> str:
-    """A clipping pass on sorted columns, as md_vclip.c's clip_pass does it
-    for the run [0, n), and each column's mean and sum of squared deviations
-    (mean_of_runs for the run [0, n)).  Up to INTERLEAVE_FRAMES frames the
-    loop takes two strips of columns at once, statement by statement: each
-    column is one long chain of dependent operations, and two independent
-    chains keep the vector units busy."""
-    body = pass_body(n, spread)
+def column_loops(n: int, body: list[str]) -> str:
+    """The loops of a kernel over the columns, running ``body`` on each column of
+    n values.  Each column is one long chain of dependent operations: up to
+    INTERLEAVE_FRAMES frames the loop takes two strips of columns at once,
+    statement by statement, and two independent chains keep the vector units
+    busy."""
     single = code(strip(body, "", "x"))
-    loops = f"""#pragma GCC ivdep
+    if n > INTERLEAVE_FRAMES:
+        return f"""#pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
 {single}
     }}"""
-    if n <= INTERLEAVE_FRAMES:
-        pairs = zip(strip(body, "_a", "x"), strip(body, "_b", "x + h"), strict=True)
-        both = "\n".join(f"        {a}\n        {b}" for a, b in pairs)
-        loops = f"""    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
+    pairs = zip(strip(body, "_a", "x"), strip(body, "_b", "x + h"), strict=True)
+    both = "\n".join(f"        {a}\n        {b}" for a, b in pairs)
+    return f"""    /* Columns [0, h) with [h, 2h), then the rest one at a time. */
     const size_t h = w / 2 / 8 * 8;
 #pragma GCC ivdep
     for (size_t x = 0; x < h; x++) {{
@@ -322,6 +326,26 @@ def kernel_pass(n: int, spread: str) -> str:
     for (size_t x = 2 * h; x < w; x++) {{
 {single}
     }}"""
+
+
+def kernel_moments(n: int) -> str:
+    """Each column's mean and sum of squared deviations (md_vclip.c's run_means
+    and run_sumsq for n rows)."""
+    body = loads(n, "const double") + moments_body(n) + ["mean[x] = mean_;", "sumsq[x] = ss;"]
+    return f"""
+MD_HOT static void md_kmoments_{n}(const double *const *rows, size_t w, double *restrict mean,
+                                 double *restrict sumsq)
+{{
+{row_pointers(n)}
+{column_loops(n, body)}
+}}
+"""
+
+
+def kernel_pass(n: int, spread: str) -> str:
+    """A clipping pass on sorted columns, as md_vclip.c's clip_pass does it
+    for the run [0, n), and each column's mean and sum of squared deviations
+    (mean_of_runs for the run [0, n))."""
     return f"""
 MD_HOT static void md_kpass_{spread}_{n}(const double *const *rows, size_t w,
                                     const md_clip_args *a)
@@ -330,7 +354,7 @@ MD_HOT static void md_kpass_{spread}_{n}(const double *const *rows, size_t w,
     const double k_low = a->low, k_high = a->high, floor_ = a->floor;
     double *restrict lo = a->lo, *restrict hi = a->hi, *restrict moving = a->moving;
     double *restrict mean = a->mean, *restrict sumsq = a->sumsq;
-{loops}
+{column_loops(n, pass_body(n, spread))}
 }}
 """
 
@@ -347,14 +371,16 @@ def main() -> None:
         print(kernel_median(n), end="")
         print(kernel_median(n, "float"), end="")
         print(kernel_sort(n), end="")
+        print(kernel_moments(n), end="")
         if n >= MIN_CLIP_FRAMES:
             print(kernel_pass(n, "mad"), end="")
             print(kernel_pass(n, "std"), end="")
     print("\nconst md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {")
-    print("    {NULL, NULL, NULL, NULL, NULL},")
+    print("    {NULL, NULL, NULL, NULL, NULL, NULL},")
     for n in range(1, MAX_FRAMES + 1):
         clips = f"md_kpass_mad_{n}, md_kpass_std_{n}" if n >= MIN_CLIP_FRAMES else "NULL, NULL"
-        print(f"    {{md_kmedian_{n}, md_kmedian_f32_{n}, md_ksort_{n}, {clips}}},")
+        kernels = f"md_kmedian_{n}, md_kmedian_f32_{n}, md_ksort_{n}, md_kmoments_{n}, {clips}"
+        print(f"    {{{kernels}}},")
     print("};")
 
 
