@@ -103,32 +103,52 @@ static size_t tile_width(size_t nframes)
 /* ---- exact division by a small integer ---------------------------------------- */
 
 /*
- * dst[x] = num[x] / b, correctly rounded (the bits of the division), for b a
- * positive integer below 2^50; may return 0 after writing dst, when some
- * numerator lies outside the range the method is proven for (the caller then
- * divides).  With y = RN(1/b), q = RN(a y) lies within 2 ulp of a/b, so the
- * remainder r = a - q b is a multiple of ulp(a/b)/2 below 4b of them: the
- * FMA gets it exactly.  q + r y = a/b + r (y - 1/b) is then within
+ * a / b correctly rounded (the bits of the division), for b a positive
+ * integer below 2^50, by multiplications and FMAs, in a range of a that the
+ * method is proven for (outside it, the caller divides).  With y = RN(1/b),
+ * q = RN(a y) lies within 2 ulp of a/b, so the remainder r = a - q b is a
+ * multiple of ulp(a/b)/2 below 4b of them: the FMA gets it exactly.  q + r y = a/b + r (y - 1/b) is then within
  * 2^-104 * 2^e of a/b (2^e <= |a/b|), while a/b, never a midpoint (that needs
  * 54 significant bits times b's odd part, more than a's 53), lies at least
  * 2^(e-54) / b from any: RN(q + r y) = RN(a/b).  The bounds need a/b normal
  * and a b q finite, hence the range; a = +-0 gives +0, signed as a.
  */
+/* out = RN(a / b), with y = RN(1 / b); ok &= 0 when a lies outside the range. */
+#define MD_EXACT_QUOTIENT(a, b, y, ok, out)                                                       \
+    {                                                                                             \
+        const double m_ = fabs(a), q_ = (a) * (y);                                                \
+        const double r_ = __builtin_fma(-q_, (b), (a));                                           \
+        ok &= (m_ >= 0x1p-960 && m_ <= 0x1p960) | (m_ == 0.0);                                    \
+        out = copysign(__builtin_fma(r_, (y), q_), (a));                                          \
+    }
+
+/* dst[x] = num[x] / b for x < w; returns 0 after writing dst when some
+ * numerator lies outside the range. */
 #define MD_DIVIDE_BODY                                                                            \
     {                                                                                             \
         const double y = 1.0 / b;                                                                 \
         uint64_t ok = 1; /* as wide as a double: simpler vector code */                           \
+        for (size_t x = 0; x < w; x++) MD_EXACT_QUOTIENT(num[x], b, y, ok, dst[x])                \
+        return ok != 0;                                                                           \
+    }
+
+/* md_mean_variances' two divisions in one sweep; returns 0 as MD_DIVIDE_BODY. */
+#define MD_MEAN_VARIANCES_BODY                                                                    \
+    {                                                                                             \
+        const double b1 = m - 1.0, b2 = m * m, y1 = 1.0 / b1, y2 = 1.0 / b2;                      \
+        uint64_t ok = 1;                                                                          \
         for (size_t x = 0; x < w; x++) {                                                          \
-            const double a = num[x], m = fabs(a);                                                 \
-            const double q = a * y;                                                               \
-            const double r = __builtin_fma(-q, b, a);                                             \
-            ok &= (m >= 0x1p-960 && m <= 0x1p960) | (m == 0.0);                                   \
-            dst[x] = copysign(__builtin_fma(r, y, q), a);                                         \
+            double q, v;                                                                          \
+            MD_EXACT_QUOTIENT(ss[x], b1, y1, ok, q)                                               \
+            const double t = k * q * m;                                                           \
+            MD_EXACT_QUOTIENT(t, b2, y2, ok, v)                                                   \
+            var[x] = v;                                                                           \
         }                                                                                         \
         return ok != 0;                                                                           \
     }
 
 #if MD_CLONES && __GNUC__ >= 12
+#define MD_EXACT_LEVELS 1
 __attribute__((target("arch=x86-64-v4"))) static int divide_v4(double *restrict dst,
                                                                const double *restrict num,
                                                                size_t w, double b)
@@ -137,11 +157,19 @@ __attribute__((target("arch=x86-64-v3"))) static int divide_v3(double *restrict 
                                                                const double *restrict num,
                                                                size_t w, double b)
 MD_DIVIDE_BODY
+__attribute__((target("arch=x86-64-v4"))) static int mean_variances_v4(
+    double *restrict var, const double *restrict ss, size_t w, double k, double m)
+MD_MEAN_VARIANCES_BODY
+__attribute__((target("arch=x86-64-v3"))) static int mean_variances_v3(
+    double *restrict var, const double *restrict ss, size_t w, double k, double m)
+MD_MEAN_VARIANCES_BODY
+#else
+#define MD_EXACT_LEVELS 0
 #endif
 
 void md_divide(double *restrict dst, const double *restrict num, size_t w, double b)
 {
-#if MD_CLONES && __GNUC__ >= 12
+#if MD_EXACT_LEVELS
     const int small = b < 0x1p50;
     if (small && __builtin_cpu_supports("x86-64-v4") && divide_v4(dst, num, w, b)) return;
     if (small && __builtin_cpu_supports("x86-64-v3") && divide_v3(dst, num, w, b)) return;
@@ -152,6 +180,13 @@ void md_divide(double *restrict dst, const double *restrict num, size_t w, doubl
 MD_HOT void md_mean_variances(double *restrict var, double *restrict tmp,
                               const double *restrict ss, size_t w, double k, double m)
 {
+#if MD_EXACT_LEVELS
+    const int small = m * m < 0x1p50;
+    if (small && __builtin_cpu_supports("x86-64-v4") && mean_variances_v4(var, ss, w, k, m))
+        return;
+    if (small && __builtin_cpu_supports("x86-64-v3") && mean_variances_v3(var, ss, w, k, m))
+        return;
+#endif
     md_divide(tmp, ss, w, m - 1.0);
     for (size_t x = 0; x < w; x++) tmp[x] = k * tmp[x] * m;
     md_divide(var, tmp, w, m * m);
