@@ -732,6 +732,37 @@ MD_HOT static void variance_row_to_std(const md_outputs *out, workspace *ws, siz
     }
 }
 
+/* Ask the CPU to fetch the pixels of row y, columns x0 .. x0 + w - 1, of an
+ * image into its outer caches (not the L1, where the current tile works).
+ * Images whose pixels lie far apart (a column stride above 16 bytes) are
+ * skipped.  A prefetch never faults and changes no result. */
+static void prefetch_span(const md_image *im, size_t y, size_t x0, size_t w)
+{
+    const long long cs = im->col_stride;
+    if (cs > 16 || cs < -16) return;
+    const char *row = (const char *)im->data + (ptrdiff_t)y * im->row_stride;
+    const uintptr_t a = (uintptr_t)(row + (ptrdiff_t)x0 * cs);
+    const uintptr_t b = (uintptr_t)(row + (ptrdiff_t)(x0 + w - 1) * cs);
+    const uintptr_t hi = a < b ? b : a;
+    for (uintptr_t line = (a < b ? a : b) & ~(uintptr_t)63; line <= hi; line += 64)
+        __builtin_prefetch((const void *)line, 0, 1);
+}
+
+/* Prefetch the tile that follows (y, x0) in a block of rows ending at y1 (on
+ * row y, or the first of row y + 1), of every frame and the bias, while the
+ * method works on this one: its gather then reads from the cache. */
+static void prefetch_next_tile(const md_inputs *in, size_t tw, size_t y, size_t x0, size_t y1)
+{
+    size_t x = x0 + tw;
+    if (x >= in->nx) {
+        if (++y >= y1) return;
+        x = 0;
+    }
+    const size_t w = in->nx - x < tw ? in->nx - x : tw;
+    for (size_t i = 0; i < in->nframes; i++) prefetch_span(&in->frames[i], y, x, w);
+    if (in->bias) prefetch_span(in->bias, y, x, w);
+}
+
 static void combine_rows(const md_inputs *in, const md_params *p, const md_outputs *out,
                          const md_network *net, workspace *ws, size_t tw, size_t y0, size_t y1,
                          int try_clean)
@@ -757,6 +788,7 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
                 ws->skip--;
             }
             if (!ws->have_sums) gather(in, ws, y, x0, w);
+            prefetch_next_tile(in, tw, y, x0, y1);
             ws->all_used = 0;
             switch (p->method) {
             case MD_MEAN:
