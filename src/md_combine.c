@@ -107,12 +107,14 @@ static size_t tile_width(size_t nframes)
  * integer below 2^50, by multiplications and FMAs, in a range of a that the
  * method is proven for (outside it, the caller divides).  With y = RN(1/b),
  * q = RN(a y) lies within 2 ulp of a/b, so the remainder r = a - q b is a
- * multiple of ulp(a/b)/2 below 4b of them: the FMA gets it exactly.  q + r y = a/b + r (y - 1/b) is then within
- * 2^-104 * 2^e of a/b (2^e <= |a/b|), while a/b, never a midpoint (that needs
- * 54 significant bits times b's odd part, more than a's 53), lies at least
- * 2^(e-54) / b from any: RN(q + r y) = RN(a/b).  The bounds need a/b normal
- * and a b q finite, hence the range; a = +-0 gives +0, signed as a.
+ * multiple of ulp(a/b)/2 below 4b of them: the FMA gets it exactly.
+ * q + r y = a/b + r (y - 1/b) is then within 2^-104 * 2^e of a/b
+ * (2^e <= |a/b|), while a/b, never a midpoint (that needs 54 significant
+ * bits times b's odd part, more than a's 53), lies at least 2^(e-54) / b
+ * from any: RN(q + r y) = RN(a/b).  The bounds need a/b normal and a b q
+ * finite, hence the range; a = +-0 gives +0, signed as a.
  */
+
 /* out = RN(a / b), with y = RN(1 / b); ok &= 0 when a lies outside the range. */
 #define MD_EXACT_QUOTIENT(a, b, y, ok, out)                                                       \
     {                                                                                             \

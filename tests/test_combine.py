@@ -314,9 +314,10 @@ def test_median_of_float32_frames_gives_the_bits_of_their_float64_values(n, rng)
 @pytest.mark.parametrize("scale", [2.0**-1000, 2.0**-500, 1.0, 2.0**480, 2.0**955])
 def test_moments_of_a_clean_tile_give_the_bits_of_a_tile_with_a_bad_value(n, method, scale, rng):
     """A clean tile's mean and variance are divided by multiplications and FMAs
-    (md_divide, md_mean_variances) where their proof holds, else by division; a tile with a bad
-    value divides.  The scales put the sums (2^-1000, 2^955), the variances
-    (2^480, 2^-500) or nothing (1) outside that proof, so both ways are checked."""
+    (md_divide, md_mean_variances) where their proof holds, else by division; a
+    tile with a bad value divides.  The scales put the sums (2^-1000, 2^955), the
+    variances (2^480, 2^-500) or nothing (1) outside that proof, so both ways are
+    checked."""
     values = (rng.standard_t(2, (n, 3, 700)) * 3.0 + 100.0) * scale
     clean = combine(list(values), method, dtype="float64")
     values[0, :, 400] = np.nan
