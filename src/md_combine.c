@@ -879,6 +879,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
                              : iterates                       ? MD_QUEUE_TILES * tw
                                                               : tw;
     const size_t nblocks = (row_end - row_begin + block_rows - 1) / block_rows;
+    const int plain_float32 = frames_plain_float32(in);
     int status = MD_OK;
 
 #ifdef _OPENMP
@@ -893,7 +894,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
         const int queue = iterates && in->nframes > 1; /* one frame never moves */
         const int ws_status = workspace_alloc(&ws, in->nframes, tw, vclip_cap, queue, in->nx);
         ws.vc.kernels = kernels_for(in->nframes);
-        ws.plain_float32 = frames_plain_float32(in);
+        ws.plain_float32 = plain_float32;
         ws.vc.sort = use_net ? &net : NULL;
         if (ws_status != MD_OK) {
 #ifdef _OPENMP

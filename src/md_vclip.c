@@ -175,8 +175,9 @@ MD_INLINE void run_spreads(const md_params *p, const double *v, size_t stride, i
             const double signal = c[x] > 0.0 ? c[x] : 0.0;
             s[x] = sqrt(rdnoise * rdnoise + gain * signal) / gain;
         }
-    } else if (p->spread == MD_SPREAD_STD) { /* about the runs' means (sc->tmp) */
-        run_moments(v, stride, 0, m, w, sc->tmp, s);
+    } else if (p->spread == MD_SPREAD_STD) { /* about the runs' means: c, or sc->tmp */
+        if (p->centre == MD_CENTRE_MEAN) run_sumsq(v, stride, 0, m, w, c, s);
+        else run_moments(v, stride, 0, m, w, sc->tmp, s);
         for (size_t x = 0; x < w; x++) s[x] = m >= 2 ? sqrt(s[x] / (m - 1)) : 0.0;
     } else {
         run_mads(v, stride, m, w, sc);
