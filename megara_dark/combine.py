@@ -43,8 +43,10 @@ Methods:
     at least ``sigma_floor`` (default: one quantisation step of integer input,
     so ties of integer data are not clipped).  Passes repeat on the survivors
     until nothing more is rejected, ``maxiters`` passes, or a pass would reject
-    every value (then the previous survivors are kept).  The default is robust:
-    with a mean/std centre no outlier can ever be rejected when N <= 10;
+    every value (then the previous survivors are kept).  A mean centre and a
+    std sum the survivors in ascending order, so the clipping does not depend
+    on the frame order.  The default is robust: with a mean/std centre no
+    outlier can ever be rejected when N <= 10;
 ``ccdclip``
     as IRAF's: the spread is the CCD noise model at the centre value,
     ``sigma**2 = (rdnoise**2 + gain * max(centre, 0)) / gain**2`` (ADU, with

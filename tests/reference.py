@@ -191,13 +191,28 @@ def combined_variance(k, v, w, survivors):
     return float(k * s2 * np.sum(w_surv**2) / np.sum(w_surv) ** 2)
 
 
+def ascending_sum(terms) -> float:
+    """The terms added one at a time, in the given order."""
+    total = 0.0
+    for term in terms:
+        total += float(term)
+    return total
+
+
+def ascending_mean(v) -> float:
+    """Mean of the values summed in ascending order, as documented for the
+    clipping's centre (so a clip does not depend on the frame order)."""
+    return ascending_sum(np.sort(v)) / v.size
+
+
 def centre_and_spread(v, centre, spread, sigma_floor, gain=None, rdnoise=None):
     """Centre of the values and their spread (at least sigma_floor)."""
-    c = float(np.median(v)) if centre == "median" else float(np.mean(v))
+    c = float(np.median(v)) if centre == "median" else ascending_mean(v)
     if gain is not None:  # ccdclip: the CCD noise model at the centre, in ADU
         s = math.sqrt(rdnoise**2 + gain * max(c, 0.0)) / gain
-    elif spread == "std":
-        s = float(np.std(v, ddof=1)) if v.size >= 2 else 0.0
+    elif spread == "std":  # about the mean, squares summed in the values' ascending order
+        squares = (np.sort(v) - ascending_mean(v)) ** 2
+        s = math.sqrt(ascending_sum(squares) / (v.size - 1)) if v.size >= 2 else 0.0
     else:
         s = MAD_TO_SIGMA * float(np.median(np.abs(v - c)))
     return c, max(s, sigma_floor)
