@@ -854,10 +854,21 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     const int sorts = p->method != MD_MEAN && p->method != MD_SUM;
     const int use_net = sorts && in->nframes <= MD_NETWORK_MAX
                         && (p->method == MD_MEDIAN || !in->weights);
-    md_network net = {0, NULL, NULL};
+    md_network net = {0, NULL, NULL}, mad = {0, NULL, NULL};
     if (use_net) {
-        const int status = md_network_build(&net, (int)in->nframes, p->method == MD_MEDIAN);
+        const md_network_kind kind = p->method == MD_MEDIAN ? MD_NETWORK_MEDIAN : MD_NETWORK_SORT;
+        const int status = md_network_build(&net, (int)in->nframes, kind);
         if (status != MD_OK) return status;
+    }
+    /* Above the kernels' frame counts, the MADs of the clipping's first pass
+     * (md_vclip.c's run_mads) take the middle of each column's deviations. */
+    if (use_net && p->method == MD_SIGCLIP && p->spread == MD_SPREAD_MAD
+        && in->nframes > MD_KERNEL_MAX_FRAMES) {
+        const int status = md_network_build(&mad, (int)in->nframes, MD_NETWORK_VALLEY_MEDIAN);
+        if (status != MD_OK) {
+            md_network_free(&net);
+            return status;
+        }
     }
 
     /* gather_clean applies when no frame is masked or normalised (as gather()
@@ -896,6 +907,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
         ws.vc.kernels = kernels_for(in->nframes);
         ws.plain_float32 = plain_float32;
         ws.vc.sort = use_net ? &net : NULL;
+        ws.vc.mad = &mad;
         if (ws_status != MD_OK) {
 #ifdef _OPENMP
 #pragma omp atomic write
@@ -927,5 +939,6 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
         workspace_free(&ws);
     }
     md_network_free(&net);
+    md_network_free(&mad);
     return status;
 }

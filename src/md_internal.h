@@ -85,12 +85,18 @@ typedef struct md_network {
     int *a, *b;
 } md_network;
 
-/*
- * Build Batcher's odd-even merge sort network for n inputs.  With
- * median_only, keep just the comparators the middle element(s) depend on.
- * Returns MD_OK or MD_ERR_NOMEM.  Free with md_network_free.
- */
-int md_network_build(md_network *net, int n, int median_only);
+/* The networks md_network_build makes for n inputs. */
+typedef enum md_network_kind {
+    MD_NETWORK_SORT,         /* Batcher's odd-even merge sort */
+    MD_NETWORK_MEDIAN,       /* its comparators that the middle element(s) depend on */
+    MD_NETWORK_VALLEY_MEDIAN /* the same for inputs that fall and then rise, as the
+                                deviations from a centre do along a sorted column:
+                                of the bitonic merger, far fewer */
+} md_network_kind;
+
+/* Build a network of that kind for n inputs.  Returns MD_OK or
+ * MD_ERR_NOMEM.  Free with md_network_free. */
+int md_network_build(md_network *net, int n, md_network_kind kind);
 void md_network_free(md_network *net);
 
 /*
@@ -166,7 +172,8 @@ typedef struct md_bucket {
  * `capacity` columns, and a queue of as many columns. */
 typedef struct md_vclip_scratch {
     const md_kernels *kernels; /* kernels for n frames, or NULL ... */
-    const md_network *sort;    /* ... then this full sorting network */
+    const md_network *sort;    /* ... then this full sorting network, */
+    const md_network *mad;     /* and this one for the middle of n deviations */
     size_t capacity;           /* columns of the arrays below; stride of dev and buckets */
     double **dev_rows;         /* n rows of deviations from the centres */
     double *c, *s, *tmp, *lo, *hi, *moving;        /* capacity each */

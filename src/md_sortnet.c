@@ -26,6 +26,22 @@ static void batcher_pairs(int n, void (*emit)(int, int, void *), void *ctx)
                 }
 }
 
+/*
+ * The bitonic merger for P = 2^k >= n inputs (Batcher's half-cleaners),
+ * keeping the comparators whose both ends are < n.  It sorts any sequence
+ * that falls and then rises; padded with +inf at positions >= n, the
+ * sequence still does, and every dropped comparator is a no-op.  Calls
+ * emit(i, j, ctx) for each comparator, i < j.
+ */
+static void bitonic_merger_pairs(int n, void (*emit)(int, int, void *), void *ctx)
+{
+    int P = 1;
+    while (P < n) P <<= 1;
+    for (int k = P / 2; k >= 1; k >>= 1)
+        for (int i = 0; i < P; i++)
+            if (!(i & k) && i + k < n) emit(i, i + k, ctx);
+}
+
 static void count_pair(int i, int j, void *ctx)
 {
     (void)i;
@@ -72,12 +88,14 @@ done:
     return status;
 }
 
-int md_network_build(md_network *net, int n, int median_only)
+int md_network_build(md_network *net, int n, md_network_kind kind)
 {
+    void (*const pairs)(int, void (*)(int, int, void *), void *) =
+        kind == MD_NETWORK_VALLEY_MEDIAN ? bitonic_merger_pairs : batcher_pairs;
     int count = 0;
     net->ncomp = 0;
     net->a = net->b = NULL;
-    batcher_pairs(n, count_pair, &count);
+    pairs(n, count_pair, &count);
     const size_t size = (size_t)(count > 0 ? count : 1) * sizeof(int);
     net->a = malloc(size);
     net->b = malloc(size);
@@ -85,8 +103,8 @@ int md_network_build(md_network *net, int n, int median_only)
         md_network_free(net);
         return MD_ERR_NOMEM;
     }
-    batcher_pairs(n, store_pair, net);
-    if (median_only && n > 0) {
+    pairs(n, store_pair, net);
+    if (kind != MD_NETWORK_SORT && n > 0) {
         const int status = prune_to_median(net, n);
         if (status != MD_OK) {
             md_network_free(net);

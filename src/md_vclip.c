@@ -145,7 +145,8 @@ MD_INLINE void run_centres(const md_params *p, const double *v, size_t stride, i
 
 /* Median absolute deviations of the runs [0, m) from the centres sc->c, into
  * sc->s: the median of the deviations, by the kernels for m values, or else
- * (m = n, more frames than kernels) by the full network. */
+ * (m = n, more frames than kernels) by the network sc->mad: along a sorted
+ * run, the deviations from any centre fall and then rise. */
 MD_INLINE void run_mads(const double *v, size_t stride, int m, size_t w, md_vclip_scratch *sc)
 {
     const double *restrict c = sc->c;
@@ -159,7 +160,7 @@ MD_INLINE void run_mads(const double *v, size_t stride, int m, size_t w, md_vcli
         md_kernel_table[m].median(sc->dev_rows, w, s);
         return;
     }
-    md_network_apply(sc->sort, sc->dev_rows, w);
+    md_network_apply(sc->mad, sc->dev_rows, w);
     sorted_middles(sc->dev_rows[(m - 1) / 2], sc->dev_rows[m / 2], m, w, s);
 }
 

@@ -226,7 +226,7 @@ PATH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 11, 12, 13, 16, 21, 24, 30])
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 11, 12, 13, 16, 21, 24, 30, 33, 65])
 @pytest.mark.parametrize(("method", "params"), PATH_CASES)
 def test_columns_together_give_the_bits_of_one_pixel_at_a_time(n, method, params, rng):
     """Clean tiles without weights are clipped across their columns; equal
