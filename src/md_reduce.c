@@ -48,27 +48,30 @@ static void weighted_moments(const double *v, const double *wt, int n, double *m
     *v2 = sww;
 }
 
-/* Median absolute deviation from c of sorted v[0..n): walk outwards from c
- * merging the two increasing runs of deviations (without branches: the
- * choice at each step is unpredictable). */
+/* Median absolute deviation from c of sorted v[0..n).  The deviations below
+ * c, c - v[right - 1 - i], and above it, v[right + j] - c, each rise with i
+ * and j: the middle one of them all is found by bisecting how many of the
+ * k + 1 smallest lie below c. */
 static double sorted_mad(const double *v, int n, double c)
 {
     int right = n / 2; /* the first value >= c, searched from the middle */
     while (right > 0 && v[right - 1] >= c) right--;
     while (right < n && v[right] < c) right++;
-    int left = right - 1;
-    const int k_lo = (n - 1) / 2, k_hi = n / 2;
-    double d_lo = 0.0, d = 0.0;
-    for (int t = 0; t <= k_hi; t++) {
-        const double dl = left >= 0 ? c - v[left >= 0 ? left : 0] : INFINITY;
-        const double dr = right < n ? v[right < n ? right : n - 1] - c : INFINITY;
-        const int take_left = dl <= dr;
-        d = take_left ? dl : dr;
-        left -= take_left;
-        right += !take_left;
-        d_lo = t == k_lo ? d : d_lo;
+    const int nbelow = right, nabove = n - right, k = (n - 1) / 2;
+    int lo = k + 1 - nabove > 0 ? k + 1 - nabove : 0, hi = k + 1 < nbelow ? k + 1 : nbelow;
+    while (lo < hi) { /* the (i + 1)-th deviation below against the (k - i + 1)-th above */
+        const int i = (lo + hi) / 2;
+        if (c - v[right - 1 - i] < v[right + k - i] - c) lo = i + 1;
+        else hi = i;
     }
-    return n % 2 ? d : (d_lo + d) / 2.0;
+    const int j = k + 1 - lo; /* the k + 1 smallest: lo below c, j above */
+    const double last_below = lo > 0 ? c - v[right - lo] : -INFINITY;
+    const double last_above = j > 0 ? v[right + j - 1] - c : -INFINITY;
+    const double d = last_below > last_above ? last_below : last_above;
+    if (n % 2) return d;
+    const double next_below = lo < nbelow ? c - v[right - 1 - lo] : INFINITY;
+    const double next_above = j < nabove ? v[right + j] - c : INFINITY;
+    return (d + (next_below < next_above ? next_below : next_above)) / 2.0;
 }
 
 static double unweighted_mean(const double *v, int n)
