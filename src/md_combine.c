@@ -854,7 +854,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     const int sorts = p->method != MD_MEAN && p->method != MD_SUM;
     const int use_net = sorts && in->nframes <= MD_NETWORK_MAX
                         && (p->method == MD_MEDIAN || !in->weights);
-    md_network net = {0, NULL, NULL}, mad = {0, NULL, NULL};
+    md_network net = {0}, mad = {0};
     if (use_net) {
         const md_network_kind kind = p->method == MD_MEDIAN ? MD_NETWORK_MEDIAN : MD_NETWORK_SORT;
         const int status = md_network_build(&net, (int)in->nframes, kind);

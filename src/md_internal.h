@@ -79,11 +79,17 @@ size_t md_dtype_size(int dtype);
 
 /* ---- md_sortnet.c: sorting networks and scalar sorts -------------------- */
 
-/* A comparator network: compare-exchange (a[k], b[k]) for k < ncomp. */
+/* A comparator network for n inputs: the inputs' blocks of `block` (the last
+ * one shorter) sorted by the kernels when block > 1, then compare-exchange
+ * (a[k], b[k]) for k < ncomp. */
 typedef struct md_network {
+    int n, block;
     int ncomp;
     int *a, *b;
 } md_network;
+
+/* Inputs per block of a network above MD_KERNEL_MAX_FRAMES inputs (a power of two). */
+#define MD_NETWORK_BLOCK 16
 
 /* The networks md_network_build makes for n inputs. */
 typedef enum md_network_kind {

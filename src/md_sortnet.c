@@ -7,17 +7,22 @@
 
 #include "md_internal.h"
 
+typedef void (*emit_pair)(int i, int j, void *ctx);
+
 /*
  * Batcher's odd-even merge sort for P = 2^k >= n inputs, keeping the
  * comparators whose both ends are < n.  Padding the inputs with +inf at
  * positions >= n makes every dropped comparator a no-op, so the kept ones
- * sort n values.  Calls emit(i, j, ctx) for each comparator, i < j.
+ * sort n values.  Its merges of sorted blocks of p inputs, p = 1, 2, 4 ...,
+ * start from those of blocks of `from` (a power of two): the network sorts
+ * when the blocks of `from` inputs are sorted first.  Calls emit(i, j, ctx)
+ * for each comparator, i < j.
  */
-static void batcher_pairs(int n, void (*emit)(int, int, void *), void *ctx)
+static void batcher_pairs(int n, int from, emit_pair emit, void *ctx)
 {
     int P = 1;
     while (P < n) P <<= 1;
-    for (int p = 1; p < P; p <<= 1)
+    for (int p = from; p < P; p <<= 1)
         for (int k = p; k >= 1; k >>= 1)
             for (int j = k % p; j + k < P; j += 2 * k)
                 for (int i = 0; i < k && i + j + k < P; i++) {
@@ -33,7 +38,7 @@ static void batcher_pairs(int n, void (*emit)(int, int, void *), void *ctx)
  * sequence still does, and every dropped comparator is a no-op.  Calls
  * emit(i, j, ctx) for each comparator, i < j.
  */
-static void bitonic_merger_pairs(int n, void (*emit)(int, int, void *), void *ctx)
+static void bitonic_merger_pairs(int n, emit_pair emit, void *ctx)
 {
     int P = 1;
     while (P < n) P <<= 1;
@@ -88,14 +93,26 @@ done:
     return status;
 }
 
+/* The comparators of the network of that kind for n inputs, after the
+ * sorts of blocks of `block` inputs (1: none). */
+static void network_pairs(md_network_kind kind, int n, int block, emit_pair emit, void *ctx)
+{
+    if (kind == MD_NETWORK_VALLEY_MEDIAN) bitonic_merger_pairs(n, emit, ctx);
+    else batcher_pairs(n, block, emit, ctx);
+}
+
 int md_network_build(md_network *net, int n, md_network_kind kind)
 {
-    void (*const pairs)(int, void (*)(int, int, void *), void *) =
-        kind == MD_NETWORK_VALLEY_MEDIAN ? bitonic_merger_pairs : batcher_pairs;
+    _Static_assert(MD_NETWORK_BLOCK <= MD_KERNEL_MAX_FRAMES, "a kernel sorts each block");
+    /* Above the kernels' frame counts, Batcher's sorts of blocks of 16 are
+     * the kernels' (their values in registers), and the comparators merge. */
+    const int blocks = kind != MD_NETWORK_VALLEY_MEDIAN && n > MD_KERNEL_MAX_FRAMES;
     int count = 0;
+    net->n = n;
+    net->block = blocks ? MD_NETWORK_BLOCK : 1;
     net->ncomp = 0;
     net->a = net->b = NULL;
-    pairs(n, count_pair, &count);
+    network_pairs(kind, n, net->block, count_pair, &count);
     const size_t size = (size_t)(count > 0 ? count : 1) * sizeof(int);
     net->a = malloc(size);
     net->b = malloc(size);
@@ -103,7 +120,7 @@ int md_network_build(md_network *net, int n, md_network_kind kind)
         md_network_free(net);
         return MD_ERR_NOMEM;
     }
-    pairs(n, store_pair, net);
+    network_pairs(kind, n, net->block, store_pair, net);
     if (kind != MD_NETWORK_SORT && n > 0) {
         const int status = prune_to_median(net, n);
         if (status != MD_OK) {
@@ -124,6 +141,11 @@ void md_network_free(md_network *net)
 
 MD_HOT void md_network_apply(const md_network *net, double *const *rows, size_t w)
 {
+    if (net->block > 1)
+        for (int i = 0; i < net->n; i += net->block) {
+            const int rest = net->n - i, size = rest < net->block ? rest : net->block;
+            md_kernel_table[size].sort(rows + i, w);
+        }
     for (int c = 0; c < net->ncomp; c++) {
         double *restrict lo = rows[net->a[c]];
         double *restrict hi = rows[net->b[c]];
