@@ -205,13 +205,19 @@ MD_INLINE void clip_pass(const md_params *p, const double *v, size_t stride, int
     double *restrict below = sc->below, *restrict above = sc->above;
     for (size_t x = 0; x < w; x++) low[x] = c[x] - k_low * s[x];
     for (size_t x = 0; x < w; x++) high[x] = c[x] + k_high * s[x];
+    /* low <= c <= high (c -/+ a positive multiple of s >= 0, or NaN, which
+     * nothing passes): about a median, only the rows before the middle can be
+     * below low, and only those after it above high. */
+    const int median = p->centre == MD_CENTRE_MEDIAN;
+    const int below_end = median ? m / 2 : m, above_begin = median ? (m + 1) / 2 : 0;
     for (size_t x = 0; x < w; x++) below[x] = above[x] = 0.0;
-    for (int i = 0; i < m; i++) {
+    for (int i = 0; i < below_end; i++) {
         const double *restrict r = v + (size_t)i * stride;
-        for (size_t x = 0; x < w; x++) {
-            below[x] += r[x] < low[x] ? 1.0 : 0.0;
-            above[x] += r[x] > high[x] ? 1.0 : 0.0;
-        }
+        for (size_t x = 0; x < w; x++) below[x] += r[x] < low[x] ? 1.0 : 0.0;
+    }
+    for (int i = above_begin; i < m; i++) {
+        const double *restrict r = v + (size_t)i * stride;
+        for (size_t x = 0; x < w; x++) above[x] += r[x] > high[x] ? 1.0 : 0.0;
     }
     double *restrict lo = sc->lo, *restrict hi = sc->hi, *restrict moving = sc->moving;
     for (size_t x = 0; x < w; x++) {
