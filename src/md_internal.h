@@ -109,7 +109,8 @@ void md_network_free(md_network *net);
  * Apply the network to columns of a tile: rows[i] points to w doubles, and
  * after the call rows[0][x] <= rows[1][x] <= ... for each column x.  Each
  * compare-exchange permutes NaN-free values (+inf included), so a column
- * always keeps its values; a median-only network sorts the middle only.
+ * always keeps its values; a median network puts only the middle in place
+ * (a valley median network, only for columns that fall and then rise).
  */
 void md_network_apply(const md_network *net, double *const *rows, size_t w);
 
