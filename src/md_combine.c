@@ -259,6 +259,7 @@ typedef struct workspace {
     int skip, backoff;   /* tiles gather_clean skips, and how many after a miss */
     int all_used;        /* npix = nframes and nrejected = 0: npix/nrej not set */
     int plain_float32;   /* a clean gather's values are the frames' floats (+ 0.0) */
+    int plain_int16;     /* ... or the frames' int16 t as a * t + b, a > 0 (frames[0]'s) */
     double fewest;       /* smallest npix stored by this thread */
 } workspace;
 
@@ -627,6 +628,23 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
         all_used(ws);
         return;
     }
+    if (kernels && ws->have_sums && ws->plain_int16) { /* the raw values keep their order */
+        const md_image *f = &in->frames[0];
+        const uint16_t *rows[MD_KERNEL_MAX_FRAMES];
+        for (size_t i = 0; i < nf; i++) {
+            const md_image *im = &in->frames[i];
+            rows[i] = (const uint16_t *)((const char *)im->data + (ptrdiff_t)y * im->row_stride) + x0;
+        }
+        double *restrict lower = ws->value, *restrict upper = ws->ss; /* ss: used by now */
+        kernels->median_i16(rows, w, f->swapped, lower, upper);
+        const double a = f->bscale, b = f->bzero; /* the tile's values: a * t + b */
+        for (size_t x = 0; x < w; x++) {
+            const double lo = a * lower[x] + b, hi = a * upper[x] + b;
+            ws->value[x] = nf % 2 ? hi : (lo + hi) / 2.0;
+        }
+        all_used(ws);
+        return;
+    }
     if (kernels && clean) {
         kernels->median(ws->rows, w, ws->value);
         all_used(ws);
@@ -836,6 +854,26 @@ static int frames_plain_float32(const md_inputs *in)
     return 1;
 }
 
+/* 1 when every frame is int16 in one byte order, in aligned contiguous rows,
+ * with one bscale > 0 and one bzero, and there is no bias and no row offset:
+ * then a clean gather holds each raw t as bscale * t + bzero, in the order of
+ * the t, which the int16 median kernels can sort in place. */
+static int frames_plain_int16(const md_inputs *in)
+{
+    if (in->bias || in->row_offsets) return 0;
+    const md_image *f = &in->frames[0];
+    if (!(f->bscale > 0.0)) return 0;
+    for (size_t i = 0; i < in->nframes; i++) {
+        const md_image *im = &in->frames[i];
+        if (im->dtype != MD_INT16 || im->swapped != f->swapped
+            || im->col_stride != (long long)sizeof(int16_t)
+            || (uintptr_t)im->data % sizeof(int16_t) != 0 || im->row_stride % sizeof(int16_t) != 0
+            || im->bscale != f->bscale || im->bzero != f->bzero)
+            return 0;
+    }
+    return 1;
+}
+
 int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
                size_t row_begin, size_t row_end, int nthreads, size_t block_rows)
 {
@@ -891,6 +929,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
                                                               : tw;
     const size_t nblocks = (row_end - row_begin + block_rows - 1) / block_rows;
     const int plain_float32 = frames_plain_float32(in);
+    const int plain_int16 = in->nframes > 0 && frames_plain_int16(in);
     int status = MD_OK;
 
 #ifdef _OPENMP
@@ -906,6 +945,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
         const int ws_status = workspace_alloc(&ws, in->nframes, tw, vclip_cap, queue, in->nx);
         ws.vc.kernels = kernels_for(in->nframes);
         ws.plain_float32 = plain_float32;
+        ws.plain_int16 = plain_int16;
         ws.vc.sort = use_net ? &net : NULL;
         ws.vc.mad = &mad;
         if (ws_status != MD_OK) {

@@ -6,6 +6,7 @@
 #define MD_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "md_combine.h"
 
@@ -145,6 +146,10 @@ typedef struct md_kernels {
     /* The same for float32 rows read as they are (the same bits as their
      * values converted to double). */
     void (*median_f32)(const float *const *rows, size_t w, double *value);
+    /* The middle raw values, rows (N - 1) / 2 and N / 2 of the sorted column,
+     * of int16 rows read as they are (their bytes swapped when `swapped`). */
+    void (*median_i16)(const uint16_t *const *rows, size_t w, int swapped, double *lower,
+                       double *upper);
     void (*sort)(double *const *rows, size_t w);
     /* Per column, the mean of its N values and the sum of their squared
      * deviations from it (md_vclip.c's run_means and run_sumsq). */

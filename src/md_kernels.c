@@ -26,6 +26,24 @@ MD_HOT static void md_kmedian_f32_1(const float *const *rows, size_t w,
     }
 }
 
+MD_HOT static void md_kmedian_i16_1(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        lower[x] = v0;
+        upper[x] = v0;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        lower[x] = v0;
+        upper[x] = v0;
+        }
+}
+
 MD_HOT static void md_ksort_1(double *const *rows, size_t w)
 {
     double *restrict r0 = rows[0];
@@ -99,6 +117,29 @@ MD_HOT static void md_kmedian_f32_2(const float *const *rows, size_t w,
         MD_CMPX(v0, v1);
         value[x] = (((double)v0 + 0.0) + ((double)v1 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_2(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        MD_CMPX(v0, v1);
+        lower[x] = v0;
+        upper[x] = v1;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        MD_CMPX(v0, v1);
+        lower[x] = v0;
+        upper[x] = v1;
+        }
 }
 
 MD_HOT static void md_ksort_2(double *const *rows, size_t w)
@@ -196,6 +237,36 @@ MD_HOT static void md_kmedian_f32_3(const float *const *rows, size_t w,
         MD_CMPX(v1, v2);
         value[x] = ((double)v1 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_3(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v2);
+        lower[x] = v1;
+        upper[x] = v1;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v2);
+        lower[x] = v1;
+        upper[x] = v1;
+        }
 }
 
 MD_HOT static void md_ksort_3(double *const *rows, size_t w)
@@ -513,6 +584,43 @@ MD_HOT static void md_kmedian_f32_4(const float *const *rows, size_t w,
         MD_CMPX(v1, v2);
         value[x] = (((double)v1 + 0.0) + ((double)v2 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_4(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        lower[x] = v1;
+        upper[x] = v2;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        lower[x] = v1;
+        upper[x] = v2;
+        }
 }
 
 MD_HOT static void md_ksort_4(double *const *rows, size_t w)
@@ -896,6 +1004,52 @@ MD_HOT static void md_kmedian_f32_5(const float *const *rows, size_t w,
         MD_CMPX(v1, v2);
         value[x] = ((double)v2 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_5(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v1, v2);
+        lower[x] = v2;
+        upper[x] = v2;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v1, v2);
+        lower[x] = v2;
+        upper[x] = v2;
+        }
 }
 
 MD_HOT static void md_ksort_5(double *const *rows, size_t w)
@@ -1319,6 +1473,63 @@ MD_HOT static void md_kmedian_f32_6(const float *const *rows, size_t w,
         MD_CMPX(v3, v4);
         value[x] = (((double)v2 + 0.0) + ((double)v3 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_6(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        lower[x] = v2;
+        upper[x] = v3;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        lower[x] = v2;
+        upper[x] = v3;
+        }
 }
 
 MD_HOT static void md_ksort_6(double *const *rows, size_t w)
@@ -1813,6 +2024,70 @@ MD_HOT static void md_kmedian_f32_7(const float *const *rows, size_t w,
         MD_CMPX(v3, v4);
         value[x] = ((double)v3 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_7(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v3, v4);
+        lower[x] = v3;
+        upper[x] = v3;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v3, v4);
+        lower[x] = v3;
+        upper[x] = v3;
+        }
 }
 
 MD_HOT static void md_ksort_7(double *const *rows, size_t w)
@@ -2339,6 +2614,79 @@ MD_HOT static void md_kmedian_f32_8(const float *const *rows, size_t w,
         MD_CMPX(v3, v4);
         value[x] = (((double)v3 + 0.0) + ((double)v4 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_8(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v3, v4);
+        lower[x] = v3;
+        upper[x] = v4;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v3, v4);
+        lower[x] = v3;
+        upper[x] = v4;
+        }
 }
 
 MD_HOT static void md_ksort_8(double *const *rows, size_t w)
@@ -2946,6 +3294,90 @@ MD_HOT static void md_kmedian_f32_9(const float *const *rows, size_t w,
         MD_CMPX(v4, v5);
         value[x] = ((double)v4 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_9(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        MD_CMPX(v0, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v3);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        lower[x] = v4;
+        upper[x] = v4;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        MD_CMPX(v0, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v3);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        lower[x] = v4;
+        upper[x] = v4;
+        }
 }
 
 MD_HOT static void md_ksort_9(double *const *rows, size_t w)
@@ -3583,6 +4015,101 @@ MD_HOT static void md_kmedian_f32_10(const float *const *rows, size_t w,
         MD_CMPX(v4, v5);
         value[x] = (((double)v4 + 0.0) + ((double)v5 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_10(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        MD_CMPX(v1, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v8);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v4, v9);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        lower[x] = v4;
+        upper[x] = v5;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        MD_CMPX(v1, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v8);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v4, v9);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        lower[x] = v4;
+        upper[x] = v5;
+        }
 }
 
 MD_HOT static void md_ksort_10(double *const *rows, size_t w)
@@ -4307,6 +4834,110 @@ MD_HOT static void md_kmedian_f32_11(const float *const *rows, size_t w,
         MD_CMPX(v4, v5);
         value[x] = ((double)v5 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_11(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        MD_CMPX(v0, v9);
+        MD_CMPX(v1, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v8);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v4, v10);
+        MD_CMPX(v6, v9);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        lower[x] = v5;
+        upper[x] = v5;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        MD_CMPX(v0, v9);
+        MD_CMPX(v1, v6);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v8);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v4, v10);
+        MD_CMPX(v6, v9);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v2, v5);
+        MD_CMPX(v4, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v4, v5);
+        lower[x] = v5;
+        upper[x] = v5;
+        }
 }
 
 MD_HOT static void md_ksort_11(double *const *rows, size_t w)
@@ -5060,6 +5691,127 @@ MD_HOT static void md_kmedian_f32_12(const float *const *rows, size_t w,
         MD_CMPX(v5, v6);
         value[x] = (((double)v5 + 0.0) + ((double)v6 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_12(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v5, v6);
+        lower[x] = v5;
+        upper[x] = v6;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v5, v6);
+        lower[x] = v5;
+        upper[x] = v6;
+        }
 }
 
 MD_HOT static void md_ksort_12(double *const *rows, size_t w)
@@ -5912,6 +6664,138 @@ MD_HOT static void md_kmedian_f32_13(const float *const *rows, size_t w,
     }
 }
 
+MD_HOT static void md_kmedian_i16_13(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v5, v6);
+        lower[x] = v6;
+        upper[x] = v6;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v5, v6);
+        lower[x] = v6;
+        upper[x] = v6;
+        }
+}
+
 MD_HOT static void md_ksort_13(double *const *rows, size_t w)
 {
     double *restrict r0 = rows[0];
@@ -6415,6 +7299,155 @@ MD_HOT static void md_kmedian_f32_14(const float *const *rows, size_t w,
         MD_CMPX(v7, v8);
         value[x] = (((double)v6 + 0.0) + ((double)v7 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_14(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        lower[x] = v6;
+        upper[x] = v7;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        lower[x] = v6;
+        upper[x] = v7;
+        }
 }
 
 MD_HOT static void md_ksort_14(double *const *rows, size_t w)
@@ -6967,6 +8000,164 @@ MD_HOT static void md_kmedian_f32_15(const float *const *rows, size_t w,
         MD_CMPX(v7, v8);
         value[x] = ((double)v7 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_15(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        lower[x] = v7;
+        upper[x] = v7;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        lower[x] = v7;
+        upper[x] = v7;
+        }
 }
 
 MD_HOT static void md_ksort_15(double *const *rows, size_t w)
@@ -7539,6 +8730,175 @@ MD_HOT static void md_kmedian_f32_16(const float *const *rows, size_t w,
         MD_CMPX(v7, v8);
         value[x] = (((double)v7 + 0.0) + ((double)v8 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_16(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        lower[x] = v7;
+        upper[x] = v8;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        lower[x] = v7;
+        upper[x] = v8;
+        }
 }
 
 MD_HOT static void md_ksort_16(double *const *rows, size_t w)
@@ -8187,6 +9547,212 @@ MD_HOT static void md_kmedian_f32_17(const float *const *rows, size_t w,
         MD_CMPX(v7, v8);
         value[x] = ((double)v8 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_17(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    const uint16_t *restrict r16 = rows[16];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        int16_t v16 = (int16_t)__builtin_bswap16(r16[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        lower[x] = v8;
+        upper[x] = v8;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        int16_t v16 = (int16_t)r16[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v7, v8);
+        lower[x] = v8;
+        upper[x] = v8;
+        }
 }
 
 MD_HOT static void md_ksort_17(double *const *rows, size_t w)
@@ -8875,6 +10441,229 @@ MD_HOT static void md_kmedian_f32_18(const float *const *rows, size_t w,
         MD_CMPX(v9, v10);
         value[x] = (((double)v8 + 0.0) + ((double)v9 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_18(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    const uint16_t *restrict r16 = rows[16];
+    const uint16_t *restrict r17 = rows[17];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        int16_t v16 = (int16_t)__builtin_bswap16(r16[x]);
+        int16_t v17 = (int16_t)__builtin_bswap16(r17[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        lower[x] = v8;
+        upper[x] = v9;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        int16_t v16 = (int16_t)r16[x];
+        int16_t v17 = (int16_t)r17[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        lower[x] = v8;
+        upper[x] = v9;
+        }
 }
 
 MD_HOT static void md_ksort_18(double *const *rows, size_t w)
@@ -9612,6 +11401,236 @@ MD_HOT static void md_kmedian_f32_19(const float *const *rows, size_t w,
         MD_CMPX(v9, v10);
         value[x] = ((double)v9 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_19(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    const uint16_t *restrict r16 = rows[16];
+    const uint16_t *restrict r17 = rows[17];
+    const uint16_t *restrict r18 = rows[18];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        int16_t v16 = (int16_t)__builtin_bswap16(r16[x]);
+        int16_t v17 = (int16_t)__builtin_bswap16(r17[x]);
+        int16_t v18 = (int16_t)__builtin_bswap16(r18[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        lower[x] = v9;
+        upper[x] = v9;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        int16_t v16 = (int16_t)r16[x];
+        int16_t v17 = (int16_t)r17[x];
+        int16_t v18 = (int16_t)r18[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        lower[x] = v9;
+        upper[x] = v9;
+        }
 }
 
 MD_HOT static void md_ksort_19(double *const *rows, size_t w)
@@ -10369,6 +12388,249 @@ MD_HOT static void md_kmedian_f32_20(const float *const *rows, size_t w,
         MD_CMPX(v9, v10);
         value[x] = (((double)v9 + 0.0) + ((double)v10 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_20(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    const uint16_t *restrict r16 = rows[16];
+    const uint16_t *restrict r17 = rows[17];
+    const uint16_t *restrict r18 = rows[18];
+    const uint16_t *restrict r19 = rows[19];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        int16_t v16 = (int16_t)__builtin_bswap16(r16[x]);
+        int16_t v17 = (int16_t)__builtin_bswap16(r17[x]);
+        int16_t v18 = (int16_t)__builtin_bswap16(r18[x]);
+        int16_t v19 = (int16_t)__builtin_bswap16(r19[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        lower[x] = v9;
+        upper[x] = v10;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        int16_t v16 = (int16_t)r16[x];
+        int16_t v17 = (int16_t)r17[x];
+        int16_t v18 = (int16_t)r18[x];
+        int16_t v19 = (int16_t)r19[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        lower[x] = v9;
+        upper[x] = v10;
+        }
 }
 
 MD_HOT static void md_ksort_20(double *const *rows, size_t w)
@@ -11187,6 +13449,266 @@ MD_HOT static void md_kmedian_f32_21(const float *const *rows, size_t w,
         MD_CMPX(v9, v10);
         value[x] = ((double)v10 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_21(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    const uint16_t *restrict r16 = rows[16];
+    const uint16_t *restrict r17 = rows[17];
+    const uint16_t *restrict r18 = rows[18];
+    const uint16_t *restrict r19 = rows[19];
+    const uint16_t *restrict r20 = rows[20];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        int16_t v16 = (int16_t)__builtin_bswap16(r16[x]);
+        int16_t v17 = (int16_t)__builtin_bswap16(r17[x]);
+        int16_t v18 = (int16_t)__builtin_bswap16(r18[x]);
+        int16_t v19 = (int16_t)__builtin_bswap16(r19[x]);
+        int16_t v20 = (int16_t)__builtin_bswap16(r20[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        lower[x] = v10;
+        upper[x] = v10;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        int16_t v16 = (int16_t)r16[x];
+        int16_t v17 = (int16_t)r17[x];
+        int16_t v18 = (int16_t)r18[x];
+        int16_t v19 = (int16_t)r19[x];
+        int16_t v20 = (int16_t)r20[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v9, v10);
+        lower[x] = v10;
+        upper[x] = v10;
+        }
 }
 
 MD_HOT static void md_ksort_21(double *const *rows, size_t w)
@@ -12034,6 +14556,289 @@ MD_HOT static void md_kmedian_f32_22(const float *const *rows, size_t w,
         MD_CMPX(v11, v12);
         value[x] = (((double)v10 + 0.0) + ((double)v11 + 0.0)) / 2.0;
     }
+}
+
+MD_HOT static void md_kmedian_i16_22(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    const uint16_t *restrict r16 = rows[16];
+    const uint16_t *restrict r17 = rows[17];
+    const uint16_t *restrict r18 = rows[18];
+    const uint16_t *restrict r19 = rows[19];
+    const uint16_t *restrict r20 = rows[20];
+    const uint16_t *restrict r21 = rows[21];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        int16_t v16 = (int16_t)__builtin_bswap16(r16[x]);
+        int16_t v17 = (int16_t)__builtin_bswap16(r17[x]);
+        int16_t v18 = (int16_t)__builtin_bswap16(r18[x]);
+        int16_t v19 = (int16_t)__builtin_bswap16(r19[x]);
+        int16_t v20 = (int16_t)__builtin_bswap16(r20[x]);
+        int16_t v21 = (int16_t)__builtin_bswap16(r21[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        lower[x] = v10;
+        upper[x] = v11;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        int16_t v16 = (int16_t)r16[x];
+        int16_t v17 = (int16_t)r17[x];
+        int16_t v18 = (int16_t)r18[x];
+        int16_t v19 = (int16_t)r19[x];
+        int16_t v20 = (int16_t)r20[x];
+        int16_t v21 = (int16_t)r21[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        lower[x] = v10;
+        upper[x] = v11;
+        }
 }
 
 MD_HOT static void md_ksort_22(double *const *rows, size_t w)
@@ -12938,6 +15743,298 @@ MD_HOT static void md_kmedian_f32_23(const float *const *rows, size_t w,
         MD_CMPX(v11, v12);
         value[x] = ((double)v11 + 0.0);
     }
+}
+
+MD_HOT static void md_kmedian_i16_23(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    const uint16_t *restrict r16 = rows[16];
+    const uint16_t *restrict r17 = rows[17];
+    const uint16_t *restrict r18 = rows[18];
+    const uint16_t *restrict r19 = rows[19];
+    const uint16_t *restrict r20 = rows[20];
+    const uint16_t *restrict r21 = rows[21];
+    const uint16_t *restrict r22 = rows[22];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        int16_t v16 = (int16_t)__builtin_bswap16(r16[x]);
+        int16_t v17 = (int16_t)__builtin_bswap16(r17[x]);
+        int16_t v18 = (int16_t)__builtin_bswap16(r18[x]);
+        int16_t v19 = (int16_t)__builtin_bswap16(r19[x]);
+        int16_t v20 = (int16_t)__builtin_bswap16(r20[x]);
+        int16_t v21 = (int16_t)__builtin_bswap16(r21[x]);
+        int16_t v22 = (int16_t)__builtin_bswap16(r22[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v20, v22);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v18, v22);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v6, v22);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v11, v12);
+        lower[x] = v11;
+        upper[x] = v11;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        int16_t v16 = (int16_t)r16[x];
+        int16_t v17 = (int16_t)r17[x];
+        int16_t v18 = (int16_t)r18[x];
+        int16_t v19 = (int16_t)r19[x];
+        int16_t v20 = (int16_t)r20[x];
+        int16_t v21 = (int16_t)r21[x];
+        int16_t v22 = (int16_t)r22[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v20, v22);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v18, v22);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v6, v22);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v11, v12);
+        lower[x] = v11;
+        upper[x] = v11;
+        }
 }
 
 MD_HOT static void md_ksort_23(double *const *rows, size_t w)
@@ -13858,6 +16955,309 @@ MD_HOT static void md_kmedian_f32_24(const float *const *rows, size_t w,
     }
 }
 
+MD_HOT static void md_kmedian_i16_24(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{
+    const uint16_t *restrict r0 = rows[0];
+    const uint16_t *restrict r1 = rows[1];
+    const uint16_t *restrict r2 = rows[2];
+    const uint16_t *restrict r3 = rows[3];
+    const uint16_t *restrict r4 = rows[4];
+    const uint16_t *restrict r5 = rows[5];
+    const uint16_t *restrict r6 = rows[6];
+    const uint16_t *restrict r7 = rows[7];
+    const uint16_t *restrict r8 = rows[8];
+    const uint16_t *restrict r9 = rows[9];
+    const uint16_t *restrict r10 = rows[10];
+    const uint16_t *restrict r11 = rows[11];
+    const uint16_t *restrict r12 = rows[12];
+    const uint16_t *restrict r13 = rows[13];
+    const uint16_t *restrict r14 = rows[14];
+    const uint16_t *restrict r15 = rows[15];
+    const uint16_t *restrict r16 = rows[16];
+    const uint16_t *restrict r17 = rows[17];
+    const uint16_t *restrict r18 = rows[18];
+    const uint16_t *restrict r19 = rows[19];
+    const uint16_t *restrict r20 = rows[20];
+    const uint16_t *restrict r21 = rows[21];
+    const uint16_t *restrict r22 = rows[22];
+    const uint16_t *restrict r23 = rows[23];
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)__builtin_bswap16(r0[x]);
+        int16_t v1 = (int16_t)__builtin_bswap16(r1[x]);
+        int16_t v2 = (int16_t)__builtin_bswap16(r2[x]);
+        int16_t v3 = (int16_t)__builtin_bswap16(r3[x]);
+        int16_t v4 = (int16_t)__builtin_bswap16(r4[x]);
+        int16_t v5 = (int16_t)__builtin_bswap16(r5[x]);
+        int16_t v6 = (int16_t)__builtin_bswap16(r6[x]);
+        int16_t v7 = (int16_t)__builtin_bswap16(r7[x]);
+        int16_t v8 = (int16_t)__builtin_bswap16(r8[x]);
+        int16_t v9 = (int16_t)__builtin_bswap16(r9[x]);
+        int16_t v10 = (int16_t)__builtin_bswap16(r10[x]);
+        int16_t v11 = (int16_t)__builtin_bswap16(r11[x]);
+        int16_t v12 = (int16_t)__builtin_bswap16(r12[x]);
+        int16_t v13 = (int16_t)__builtin_bswap16(r13[x]);
+        int16_t v14 = (int16_t)__builtin_bswap16(r14[x]);
+        int16_t v15 = (int16_t)__builtin_bswap16(r15[x]);
+        int16_t v16 = (int16_t)__builtin_bswap16(r16[x]);
+        int16_t v17 = (int16_t)__builtin_bswap16(r17[x]);
+        int16_t v18 = (int16_t)__builtin_bswap16(r18[x]);
+        int16_t v19 = (int16_t)__builtin_bswap16(r19[x]);
+        int16_t v20 = (int16_t)__builtin_bswap16(r20[x]);
+        int16_t v21 = (int16_t)__builtin_bswap16(r21[x]);
+        int16_t v22 = (int16_t)__builtin_bswap16(r22[x]);
+        int16_t v23 = (int16_t)__builtin_bswap16(r23[x]);
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v22, v23);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v20, v22);
+        MD_CMPX(v21, v23);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v18, v22);
+        MD_CMPX(v19, v23);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v6, v22);
+        MD_CMPX(v7, v23);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v11, v12);
+        lower[x] = v11;
+        upper[x] = v12;
+        }
+    else
+        for (size_t x = 0; x < w; x++) {
+        int16_t v0 = (int16_t)r0[x];
+        int16_t v1 = (int16_t)r1[x];
+        int16_t v2 = (int16_t)r2[x];
+        int16_t v3 = (int16_t)r3[x];
+        int16_t v4 = (int16_t)r4[x];
+        int16_t v5 = (int16_t)r5[x];
+        int16_t v6 = (int16_t)r6[x];
+        int16_t v7 = (int16_t)r7[x];
+        int16_t v8 = (int16_t)r8[x];
+        int16_t v9 = (int16_t)r9[x];
+        int16_t v10 = (int16_t)r10[x];
+        int16_t v11 = (int16_t)r11[x];
+        int16_t v12 = (int16_t)r12[x];
+        int16_t v13 = (int16_t)r13[x];
+        int16_t v14 = (int16_t)r14[x];
+        int16_t v15 = (int16_t)r15[x];
+        int16_t v16 = (int16_t)r16[x];
+        int16_t v17 = (int16_t)r17[x];
+        int16_t v18 = (int16_t)r18[x];
+        int16_t v19 = (int16_t)r19[x];
+        int16_t v20 = (int16_t)r20[x];
+        int16_t v21 = (int16_t)r21[x];
+        int16_t v22 = (int16_t)r22[x];
+        int16_t v23 = (int16_t)r23[x];
+        MD_CMPX(v0, v1);
+        MD_CMPX(v2, v3);
+        MD_CMPX(v4, v5);
+        MD_CMPX(v6, v7);
+        MD_CMPX(v8, v9);
+        MD_CMPX(v10, v11);
+        MD_CMPX(v12, v13);
+        MD_CMPX(v14, v15);
+        MD_CMPX(v16, v17);
+        MD_CMPX(v18, v19);
+        MD_CMPX(v20, v21);
+        MD_CMPX(v22, v23);
+        MD_CMPX(v0, v2);
+        MD_CMPX(v1, v3);
+        MD_CMPX(v4, v6);
+        MD_CMPX(v5, v7);
+        MD_CMPX(v8, v10);
+        MD_CMPX(v9, v11);
+        MD_CMPX(v12, v14);
+        MD_CMPX(v13, v15);
+        MD_CMPX(v16, v18);
+        MD_CMPX(v17, v19);
+        MD_CMPX(v20, v22);
+        MD_CMPX(v21, v23);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v4);
+        MD_CMPX(v1, v5);
+        MD_CMPX(v2, v6);
+        MD_CMPX(v3, v7);
+        MD_CMPX(v8, v12);
+        MD_CMPX(v9, v13);
+        MD_CMPX(v10, v14);
+        MD_CMPX(v11, v15);
+        MD_CMPX(v16, v20);
+        MD_CMPX(v17, v21);
+        MD_CMPX(v18, v22);
+        MD_CMPX(v19, v23);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v8);
+        MD_CMPX(v1, v9);
+        MD_CMPX(v2, v10);
+        MD_CMPX(v3, v11);
+        MD_CMPX(v4, v12);
+        MD_CMPX(v5, v13);
+        MD_CMPX(v6, v14);
+        MD_CMPX(v7, v15);
+        MD_CMPX(v4, v8);
+        MD_CMPX(v5, v9);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v2, v4);
+        MD_CMPX(v3, v5);
+        MD_CMPX(v6, v8);
+        MD_CMPX(v7, v9);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v18, v20);
+        MD_CMPX(v19, v21);
+        MD_CMPX(v1, v2);
+        MD_CMPX(v3, v4);
+        MD_CMPX(v5, v6);
+        MD_CMPX(v7, v8);
+        MD_CMPX(v9, v10);
+        MD_CMPX(v11, v12);
+        MD_CMPX(v13, v14);
+        MD_CMPX(v17, v18);
+        MD_CMPX(v19, v20);
+        MD_CMPX(v21, v22);
+        MD_CMPX(v0, v16);
+        MD_CMPX(v1, v17);
+        MD_CMPX(v2, v18);
+        MD_CMPX(v3, v19);
+        MD_CMPX(v4, v20);
+        MD_CMPX(v5, v21);
+        MD_CMPX(v6, v22);
+        MD_CMPX(v7, v23);
+        MD_CMPX(v8, v16);
+        MD_CMPX(v9, v17);
+        MD_CMPX(v10, v18);
+        MD_CMPX(v11, v19);
+        MD_CMPX(v12, v20);
+        MD_CMPX(v13, v21);
+        MD_CMPX(v6, v10);
+        MD_CMPX(v7, v11);
+        MD_CMPX(v12, v16);
+        MD_CMPX(v13, v17);
+        MD_CMPX(v10, v12);
+        MD_CMPX(v11, v13);
+        MD_CMPX(v11, v12);
+        lower[x] = v11;
+        upper[x] = v12;
+        }
+}
+
 MD_HOT static void md_ksort_24(double *const *rows, size_t w)
 {
     double *restrict r0 = rows[0];
@@ -14496,29 +17896,29 @@ MD_HOT static void md_kpass_std_24(const double *const *rows, size_t w,
 }
 
 const md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {
-    {NULL, NULL, NULL, NULL, NULL, NULL},
-    {md_kmedian_1, md_kmedian_f32_1, md_ksort_1, md_kmoments_1, NULL, NULL},
-    {md_kmedian_2, md_kmedian_f32_2, md_ksort_2, md_kmoments_2, NULL, NULL},
-    {md_kmedian_3, md_kmedian_f32_3, md_ksort_3, md_kmoments_3, md_kpass_mad_3, md_kpass_std_3},
-    {md_kmedian_4, md_kmedian_f32_4, md_ksort_4, md_kmoments_4, md_kpass_mad_4, md_kpass_std_4},
-    {md_kmedian_5, md_kmedian_f32_5, md_ksort_5, md_kmoments_5, md_kpass_mad_5, md_kpass_std_5},
-    {md_kmedian_6, md_kmedian_f32_6, md_ksort_6, md_kmoments_6, md_kpass_mad_6, md_kpass_std_6},
-    {md_kmedian_7, md_kmedian_f32_7, md_ksort_7, md_kmoments_7, md_kpass_mad_7, md_kpass_std_7},
-    {md_kmedian_8, md_kmedian_f32_8, md_ksort_8, md_kmoments_8, md_kpass_mad_8, md_kpass_std_8},
-    {md_kmedian_9, md_kmedian_f32_9, md_ksort_9, md_kmoments_9, md_kpass_mad_9, md_kpass_std_9},
-    {md_kmedian_10, md_kmedian_f32_10, md_ksort_10, md_kmoments_10, md_kpass_mad_10, md_kpass_std_10},
-    {md_kmedian_11, md_kmedian_f32_11, md_ksort_11, md_kmoments_11, md_kpass_mad_11, md_kpass_std_11},
-    {md_kmedian_12, md_kmedian_f32_12, md_ksort_12, md_kmoments_12, md_kpass_mad_12, md_kpass_std_12},
-    {md_kmedian_13, md_kmedian_f32_13, md_ksort_13, md_kmoments_13, md_kpass_mad_13, md_kpass_std_13},
-    {md_kmedian_14, md_kmedian_f32_14, md_ksort_14, md_kmoments_14, md_kpass_mad_14, md_kpass_std_14},
-    {md_kmedian_15, md_kmedian_f32_15, md_ksort_15, md_kmoments_15, md_kpass_mad_15, md_kpass_std_15},
-    {md_kmedian_16, md_kmedian_f32_16, md_ksort_16, md_kmoments_16, md_kpass_mad_16, md_kpass_std_16},
-    {md_kmedian_17, md_kmedian_f32_17, md_ksort_17, md_kmoments_17, md_kpass_mad_17, md_kpass_std_17},
-    {md_kmedian_18, md_kmedian_f32_18, md_ksort_18, md_kmoments_18, md_kpass_mad_18, md_kpass_std_18},
-    {md_kmedian_19, md_kmedian_f32_19, md_ksort_19, md_kmoments_19, md_kpass_mad_19, md_kpass_std_19},
-    {md_kmedian_20, md_kmedian_f32_20, md_ksort_20, md_kmoments_20, md_kpass_mad_20, md_kpass_std_20},
-    {md_kmedian_21, md_kmedian_f32_21, md_ksort_21, md_kmoments_21, md_kpass_mad_21, md_kpass_std_21},
-    {md_kmedian_22, md_kmedian_f32_22, md_ksort_22, md_kmoments_22, md_kpass_mad_22, md_kpass_std_22},
-    {md_kmedian_23, md_kmedian_f32_23, md_ksort_23, md_kmoments_23, md_kpass_mad_23, md_kpass_std_23},
-    {md_kmedian_24, md_kmedian_f32_24, md_ksort_24, md_kmoments_24, md_kpass_mad_24, md_kpass_std_24},
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {md_kmedian_1, md_kmedian_f32_1, md_kmedian_i16_1, md_ksort_1, md_kmoments_1, NULL, NULL},
+    {md_kmedian_2, md_kmedian_f32_2, md_kmedian_i16_2, md_ksort_2, md_kmoments_2, NULL, NULL},
+    {md_kmedian_3, md_kmedian_f32_3, md_kmedian_i16_3, md_ksort_3, md_kmoments_3, md_kpass_mad_3, md_kpass_std_3},
+    {md_kmedian_4, md_kmedian_f32_4, md_kmedian_i16_4, md_ksort_4, md_kmoments_4, md_kpass_mad_4, md_kpass_std_4},
+    {md_kmedian_5, md_kmedian_f32_5, md_kmedian_i16_5, md_ksort_5, md_kmoments_5, md_kpass_mad_5, md_kpass_std_5},
+    {md_kmedian_6, md_kmedian_f32_6, md_kmedian_i16_6, md_ksort_6, md_kmoments_6, md_kpass_mad_6, md_kpass_std_6},
+    {md_kmedian_7, md_kmedian_f32_7, md_kmedian_i16_7, md_ksort_7, md_kmoments_7, md_kpass_mad_7, md_kpass_std_7},
+    {md_kmedian_8, md_kmedian_f32_8, md_kmedian_i16_8, md_ksort_8, md_kmoments_8, md_kpass_mad_8, md_kpass_std_8},
+    {md_kmedian_9, md_kmedian_f32_9, md_kmedian_i16_9, md_ksort_9, md_kmoments_9, md_kpass_mad_9, md_kpass_std_9},
+    {md_kmedian_10, md_kmedian_f32_10, md_kmedian_i16_10, md_ksort_10, md_kmoments_10, md_kpass_mad_10, md_kpass_std_10},
+    {md_kmedian_11, md_kmedian_f32_11, md_kmedian_i16_11, md_ksort_11, md_kmoments_11, md_kpass_mad_11, md_kpass_std_11},
+    {md_kmedian_12, md_kmedian_f32_12, md_kmedian_i16_12, md_ksort_12, md_kmoments_12, md_kpass_mad_12, md_kpass_std_12},
+    {md_kmedian_13, md_kmedian_f32_13, md_kmedian_i16_13, md_ksort_13, md_kmoments_13, md_kpass_mad_13, md_kpass_std_13},
+    {md_kmedian_14, md_kmedian_f32_14, md_kmedian_i16_14, md_ksort_14, md_kmoments_14, md_kpass_mad_14, md_kpass_std_14},
+    {md_kmedian_15, md_kmedian_f32_15, md_kmedian_i16_15, md_ksort_15, md_kmoments_15, md_kpass_mad_15, md_kpass_std_15},
+    {md_kmedian_16, md_kmedian_f32_16, md_kmedian_i16_16, md_ksort_16, md_kmoments_16, md_kpass_mad_16, md_kpass_std_16},
+    {md_kmedian_17, md_kmedian_f32_17, md_kmedian_i16_17, md_ksort_17, md_kmoments_17, md_kpass_mad_17, md_kpass_std_17},
+    {md_kmedian_18, md_kmedian_f32_18, md_kmedian_i16_18, md_ksort_18, md_kmoments_18, md_kpass_mad_18, md_kpass_std_18},
+    {md_kmedian_19, md_kmedian_f32_19, md_kmedian_i16_19, md_ksort_19, md_kmoments_19, md_kpass_mad_19, md_kpass_std_19},
+    {md_kmedian_20, md_kmedian_f32_20, md_kmedian_i16_20, md_ksort_20, md_kmoments_20, md_kpass_mad_20, md_kpass_std_20},
+    {md_kmedian_21, md_kmedian_f32_21, md_kmedian_i16_21, md_ksort_21, md_kmoments_21, md_kpass_mad_21, md_kpass_std_21},
+    {md_kmedian_22, md_kmedian_f32_22, md_kmedian_i16_22, md_ksort_22, md_kmoments_22, md_kpass_mad_22, md_kpass_std_22},
+    {md_kmedian_23, md_kmedian_f32_23, md_kmedian_i16_23, md_ksort_23, md_kmoments_23, md_kpass_mad_23, md_kpass_std_23},
+    {md_kmedian_24, md_kmedian_f32_24, md_kmedian_i16_24, md_ksort_24, md_kmoments_24, md_kpass_mad_24, md_kpass_std_24},
 };

@@ -4,7 +4,8 @@ For each frame count N the generated C has loops over the columns of a
 tile, with the N values of a column held in local variables (one vector
 register per frame once the compiler vectorises the loop across columns):
 
-* ``md_kmedian_N``: the median by the pruned Batcher network;
+* ``md_kmedian_N``: the median by the pruned Batcher network (``_f32``: of
+  float32 rows; ``_i16``: the middle values of int16 rows);
 * ``md_ksort_N``: the full Batcher network, storing the sorted column back;
 * ``md_kmoments_N``: the mean of each column's N values and the sum of their
   squared deviations from it (md_vclip.c's run_means and run_sumsq);
@@ -166,6 +167,34 @@ MD_HOT static void md_kmedian{suffix}_{n}({given} *const *rows, size_t w,
 {code(loads(n, kind) + network(median_pairs(n)))}
         value[x] = {mid};
     }}
+}}
+"""
+
+
+def kernel_median_i16(n: int) -> str:
+    """The middle value(s) of each column of int16 rows read as they are (bytes
+    swapped when `swapped`), as doubles: the network on int16 lanes (four times
+    the lanes of doubles).  With a positive scale, the physical values a t + b
+    keep the order of the raw t, so the caller makes the median of a tile's
+    values from these (md_combine.c's tile_median)."""
+    rows = "\n".join(f"    const uint16_t *restrict r{i} = rows[{i}];" for i in range(n))
+    middles = [f"lower[x] = v{(n - 1) // 2};", f"upper[x] = v{n // 2};"]
+    swapped = [f"int16_t v{i} = (int16_t)__builtin_bswap16(r{i}[x]);" for i in range(n)]
+    native = [f"int16_t v{i} = (int16_t)r{i}[x];" for i in range(n)]
+    pairs = median_pairs(n)
+    return f"""
+MD_HOT static void md_kmedian_i16_{n}(const uint16_t *const *rows, size_t w, int swapped,
+                                  double *restrict lower, double *restrict upper)
+{{
+{rows}
+    if (swapped)
+        for (size_t x = 0; x < w; x++) {{
+{code(swapped + network(pairs) + middles)}
+        }}
+    else
+        for (size_t x = 0; x < w; x++) {{
+{code(native + network(pairs) + middles)}
+        }}
 }}
 """
 
@@ -370,16 +399,18 @@ def main() -> None:
     for n in range(1, MAX_FRAMES + 1):
         print(kernel_median(n), end="")
         print(kernel_median(n, "float"), end="")
+        print(kernel_median_i16(n), end="")
         print(kernel_sort(n), end="")
         print(kernel_moments(n), end="")
         if n >= MIN_CLIP_FRAMES:
             print(kernel_pass(n, "mad"), end="")
             print(kernel_pass(n, "std"), end="")
     print("\nconst md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {")
-    print("    {NULL, NULL, NULL, NULL, NULL, NULL},")
+    print("    {NULL, NULL, NULL, NULL, NULL, NULL, NULL},")
     for n in range(1, MAX_FRAMES + 1):
         clips = f"md_kpass_mad_{n}, md_kpass_std_{n}" if n >= MIN_CLIP_FRAMES else "NULL, NULL"
-        kernels = f"md_kmedian_{n}, md_kmedian_f32_{n}, md_ksort_{n}, md_kmoments_{n}, {clips}"
+        medians = f"md_kmedian_{n}, md_kmedian_f32_{n}, md_kmedian_i16_{n}"
+        kernels = f"{medians}, md_ksort_{n}, md_kmoments_{n}, {clips}"
         print(f"    {{{kernels}}},")
     print("};")
 
