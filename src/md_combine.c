@@ -606,6 +606,12 @@ MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, wor
     if (want_var) column_variances(p, ws, w);
 }
 
+/* The first byte of row y of an image. */
+static inline const char *image_row(const md_image *im, size_t y)
+{
+    return (const char *)im->data + (ptrdiff_t)y * im->row_stride;
+}
+
 MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md_network *net,
                                workspace *ws, size_t y, size_t x0, size_t w, int want_var)
 {
@@ -622,7 +628,7 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
         const float *rows[MD_KERNEL_MAX_FRAMES];
         for (size_t i = 0; i < nf; i++) {
             const md_image *im = &in->frames[i];
-            rows[i] = (const float *)((const char *)im->data + (ptrdiff_t)y * im->row_stride) + x0;
+            rows[i] = (const float *)image_row(im, y) + x0;
         }
         kernels->median_f32(rows, w, ws->value);
         all_used(ws);
@@ -633,7 +639,7 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
         const uint16_t *rows[MD_KERNEL_MAX_FRAMES];
         for (size_t i = 0; i < nf; i++) {
             const md_image *im = &in->frames[i];
-            rows[i] = (const uint16_t *)((const char *)im->data + (ptrdiff_t)y * im->row_stride) + x0;
+            rows[i] = (const uint16_t *)image_row(im, y) + x0;
         }
         double *restrict lower = ws->value, *restrict upper = ws->ss; /* ss: used by now */
         kernels->median_i16(rows, w, f->swapped, lower, upper);
@@ -760,7 +766,7 @@ static void prefetch_span(const md_image *im, size_t y, size_t x0, size_t w)
 {
     const long long cs = im->col_stride;
     if (cs > 16 || cs < -16) return;
-    const char *row = (const char *)im->data + (ptrdiff_t)y * im->row_stride;
+    const char *row = image_row(im, y);
     const uintptr_t a = (uintptr_t)(row + (ptrdiff_t)x0 * cs);
     const uintptr_t b = (uintptr_t)(row + (ptrdiff_t)(x0 + w - 1) * cs);
     const uintptr_t hi = a < b ? b : a;
@@ -837,6 +843,14 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
 
 /* ---- entry point ---------------------------------------------------------- */
 
+/* 1 when an image's pixels of `size` bytes lie in contiguous rows, each pixel
+ * aligned to its size: a kernel can read its rows as arrays. */
+static int plain_rows(const md_image *im, size_t size)
+{
+    return im->col_stride == (long long)size && (uintptr_t)im->data % size == 0
+           && im->row_stride % (long long)size == 0;
+}
+
 /* 1 when every frame is float32 in native byte order, in aligned contiguous
  * rows, with bscale 1 and bzero +0, and there is no bias and no row offset:
  * then a clean gather (gather_clean) holds each frame's floats as doubles,
@@ -846,8 +860,7 @@ static int frames_plain_float32(const md_inputs *in)
     if (in->bias || in->row_offsets) return 0;
     for (size_t i = 0; i < in->nframes; i++) {
         const md_image *im = &in->frames[i];
-        if (im->dtype != MD_FLOAT32 || im->swapped || im->col_stride != (long long)sizeof(float)
-            || (uintptr_t)im->data % sizeof(float) != 0 || im->row_stride % sizeof(float) != 0
+        if (im->dtype != MD_FLOAT32 || im->swapped || !plain_rows(im, sizeof(float))
             || im->bscale != 1.0 || im->bzero != 0.0 || signbit(im->bzero))
             return 0;
     }
@@ -865,9 +878,7 @@ static int frames_plain_int16(const md_inputs *in)
     if (!(f->bscale > 0.0)) return 0;
     for (size_t i = 0; i < in->nframes; i++) {
         const md_image *im = &in->frames[i];
-        if (im->dtype != MD_INT16 || im->swapped != f->swapped
-            || im->col_stride != (long long)sizeof(int16_t)
-            || (uintptr_t)im->data % sizeof(int16_t) != 0 || im->row_stride % sizeof(int16_t) != 0
+        if (im->dtype != MD_INT16 || im->swapped != f->swapped || !plain_rows(im, sizeof(int16_t))
             || im->bscale != f->bscale || im->bzero != f->bzero)
             return 0;
     }
