@@ -21,7 +21,9 @@
  * the mean.  Otherwise the tile is gathered again, with the checks.  Both
  * ways give every pixel the same bits, so a tile's way may depend on its
  * neighbours (after a tile with bad values the cheap way is skipped for a
- * while) without any result depending on it.
+ * while) without any result depending on it.  For the rejection methods on
+ * plain float32 or int16 frames the cheap way also sorts (gather_sorted): the
+ * frames' own values keep the order of the tile's, and sort on narrower lanes.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
@@ -256,10 +258,12 @@ typedef struct workspace {
     double *vc_queue;    /* ... and of its queue */
     double *row_results; /* with a queue: 4 x nx results of the row (vc.row) */
     int have_sums;       /* the tile is clean and swx holds its column sums */
+    int sorted;          /* ... or the tile is clean and its columns sorted (gather_sorted) */
     int skip, backoff;   /* tiles gather_clean skips, and how many after a miss */
     int all_used;        /* npix = nframes and nrejected = 0: npix/nrej not set */
     int plain_float32;   /* a clean gather's values are the frames' floats (+ 0.0) */
     int plain_int16;     /* ... or the frames' int16 t as a * t + b, a > 0 (frames[0]'s) */
+    int gathers_sorted;  /* clean tiles are gathered by gather_sorted */
     double fewest;       /* smallest npix stored by this thread */
 } workspace;
 
@@ -354,6 +358,26 @@ static int workspace_alloc(workspace *ws, size_t nframes, size_t tw, size_t cap,
 
 /* ---- one tile ---------------------------------------------------------------- */
 
+/* The first byte of row y of an image. */
+static inline const char *image_row(const md_image *im, size_t y)
+{
+    return (const char *)im->data + (ptrdiff_t)y * im->row_stride;
+}
+
+/* rows[i] = pixel (y, x0) of each frame, of plain float32 frames (ws->plain_float32). */
+static void float32_rows(const md_inputs *in, size_t y, size_t x0, const float **rows)
+{
+    for (size_t i = 0; i < in->nframes; i++)
+        rows[i] = (const float *)image_row(&in->frames[i], y) + x0;
+}
+
+/* rows[i] = pixel (y, x0) of each frame, of plain int16 frames (ws->plain_int16). */
+static void int16_rows(const md_inputs *in, size_t y, size_t x0, const uint16_t **rows)
+{
+    for (size_t i = 0; i < in->nframes; i++)
+        rows[i] = (const uint16_t *)image_row(&in->frames[i], y) + x0;
+}
+
 /* Fill rows[i][0..w) with the corrected values of row y, columns x0..;
  * bad values become MD_BAD and are counted per column in nbad. */
 MD_HOT static void gather(const md_inputs *in, workspace *ws, size_t y, size_t x0, size_t w)
@@ -415,6 +439,29 @@ MD_HOT static int gather_clean(const md_inputs *in, workspace *ws, size_t y, siz
     for (size_t x = 0; x < w; x++) bad |= !(sum[x] - sum[x] == 0.0);
     if (bad) return 0;
     if (zero_nbad) memset(ws->nbad, 0, w * sizeof(double));
+    return 1;
+}
+
+/*
+ * For the rejection methods on plain float32 or int16 frames
+ * (ws->gathers_sorted): the tile gather_clean would store, with its columns
+ * sorted as md_sort_columns sorts them, by the kernels that sort the frames'
+ * own values on lanes of their type and store them as doubles.  Returns 1
+ * then, 0 when some value is not finite (the tile must be gathered by
+ * gather()).
+ */
+MD_HOT static int gather_sorted(const md_inputs *in, workspace *ws, size_t y, size_t x0, size_t w)
+{
+    const md_kernels *kernels = &md_kernel_table[in->nframes];
+    if (ws->plain_float32) {
+        const float *rows[MD_KERNEL_MAX_FRAMES];
+        float32_rows(in, y, x0, rows);
+        return kernels->sort_f32(rows, w, ws->rows);
+    }
+    const md_image *f = &in->frames[0];
+    const uint16_t *rows[MD_KERNEL_MAX_FRAMES];
+    int16_rows(in, y, x0, rows);
+    kernels->sort_i16(rows, w, f->swapped, f->bscale, f->bzero, ws->rows);
     return 1;
 }
 
@@ -501,7 +548,7 @@ static const md_kernels *kernels_for(size_t nframes)
 /* 1 when no value of the tile's w columns is bad. */
 static int tile_is_clean(const workspace *ws, size_t w)
 {
-    if (ws->have_sums) return 1;
+    if (ws->have_sums || ws->sorted) return 1;
     int bad = 0;
     for (size_t x = 0; x < w; x++) bad |= ws->nbad[x] != 0.0;
     return !bad;
@@ -606,12 +653,6 @@ MD_HOT static void tile_mean_or_sum(const md_inputs *in, const md_params *p, wor
     if (want_var) column_variances(p, ws, w);
 }
 
-/* The first byte of row y of an image. */
-static inline const char *image_row(const md_image *im, size_t y)
-{
-    return (const char *)im->data + (ptrdiff_t)y * im->row_stride;
-}
-
 MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md_network *net,
                                workspace *ws, size_t y, size_t x0, size_t w, int want_var)
 {
@@ -626,10 +667,7 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
     }
     if (kernels && ws->have_sums && ws->plain_float32) { /* clean: the frames' rows */
         const float *rows[MD_KERNEL_MAX_FRAMES];
-        for (size_t i = 0; i < nf; i++) {
-            const md_image *im = &in->frames[i];
-            rows[i] = (const float *)image_row(im, y) + x0;
-        }
+        float32_rows(in, y, x0, rows);
         kernels->median_f32(rows, w, ws->value);
         all_used(ws);
         return;
@@ -637,10 +675,7 @@ MD_HOT static void tile_median(const md_inputs *in, const md_params *p, const md
     if (kernels && ws->have_sums && ws->plain_int16) { /* the raw values keep their order */
         const md_image *f = &in->frames[0];
         const uint16_t *rows[MD_KERNEL_MAX_FRAMES];
-        for (size_t i = 0; i < nf; i++) {
-            const md_image *im = &in->frames[i];
-            rows[i] = (const uint16_t *)image_row(im, y) + x0;
-        }
+        int16_rows(in, y, x0, rows);
         double *restrict lower = ws->value, *restrict upper = ws->ss; /* ss: used by now */
         kernels->median_i16(rows, w, f->swapped, lower, upper);
         const double a = f->bscale, b = f->bzero; /* the tile's values: a * t + b */
@@ -682,7 +717,8 @@ MD_HOT static void tile_rejection(const md_inputs *in, const md_params *p, const
     const int weighted = in->weights != NULL;
     const md_kernels *kernels = kernels_for(in->nframes);
     if (net && tile_is_clean(ws, w)) { /* no bad value: sorted and reduced across the columns */
-        md_vclip_tile(p, &ws->vc, ws->rows, ws->tw, in->nframes, w, x0, r[0], r[1], r[2], r[3]);
+        md_vclip_tile(p, &ws->vc, ws->rows, ws->tw, in->nframes, ws->sorted, w, x0, r[0], r[1],
+                      r[2], r[3]);
         return;
     }
     if (net) md_sort_columns(kernels, net, ws->rows, w);
@@ -802,18 +838,21 @@ static void combine_rows(const md_inputs *in, const md_params *p, const md_outpu
     for (size_t y = y0; y < y1; y++) {
         for (size_t x0 = 0; x0 < in->nx; x0 += tw) {
             const size_t w = in->nx - x0 < tw ? in->nx - x0 : tw;
-            /* Both gathers store the same tile; after a tile gather_clean
-             * found bad values, it is skipped for 1, 2, 4 ... 64 tiles. */
-            ws->have_sums = 0;
+            /* The gathers store the same tile (gather_sorted's sorted);
+             * after a tile the cheap gather found bad values, it is skipped
+             * for 1, 2, 4 ... 64 tiles. */
+            ws->have_sums = ws->sorted = 0;
             if (try_clean && ws->skip == 0) {
-                ws->have_sums = gather_clean(in, ws, y, x0, w, !mean_or_sum);
-                ws->backoff = ws->have_sums ? 0 : ws->backoff ? 2 * ws->backoff : 1;
+                if (ws->gathers_sorted) ws->sorted = gather_sorted(in, ws, y, x0, w);
+                else ws->have_sums = gather_clean(in, ws, y, x0, w, !mean_or_sum);
+                const int clean = ws->have_sums || ws->sorted;
+                ws->backoff = clean ? 0 : ws->backoff ? 2 * ws->backoff : 1;
                 if (ws->backoff > 64) ws->backoff = 64;
                 ws->skip = ws->backoff;
             } else if (ws->skip > 0) {
                 ws->skip--;
             }
-            if (!ws->have_sums) gather(in, ws, y, x0, w);
+            if (!ws->have_sums && !ws->sorted) gather(in, ws, y, x0, w);
             prefetch_next_tile(in, tw, y, x0, y1);
             ws->all_used = 0;
             switch (p->method) {
@@ -885,6 +924,17 @@ static int frames_plain_int16(const md_inputs *in)
     return 1;
 }
 
+/* 1 when the values a t + b of plain int16 frames (frames_plain_int16) are
+ * all finite, and no frame has a BLANK: gather_sorted's int16 kernels then
+ * store what gather_clean would. */
+static int int16_values_finite(const md_inputs *in)
+{
+    const md_image *f = &in->frames[0];
+    for (size_t i = 0; i < in->nframes; i++)
+        if (in->frames[i].has_blank) return 0;
+    return fabs(f->bscale) <= 0x1p990 && fabs(f->bzero) <= 0x1p990; /* |a t + b| < 2^1006 */
+}
+
 int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
                size_t row_begin, size_t row_end, int nthreads, size_t block_rows)
 {
@@ -941,6 +991,9 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     const size_t nblocks = (row_end - row_begin + block_rows - 1) / block_rows;
     const int plain_float32 = frames_plain_float32(in);
     const int plain_int16 = in->nframes > 0 && frames_plain_int16(in);
+    /* The rejection methods' clean tiles, sorted as they are gathered. */
+    const int gathers_sorted = use_net && p->method != MD_MEDIAN && kernels_for(in->nframes)
+                               && (plain_float32 || (plain_int16 && int16_values_finite(in)));
     int status = MD_OK;
 
 #ifdef _OPENMP
@@ -957,6 +1010,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
         ws.vc.kernels = kernels_for(in->nframes);
         ws.plain_float32 = plain_float32;
         ws.plain_int16 = plain_int16;
+        ws.gathers_sorted = gathers_sorted;
         ws.vc.sort = use_net ? &net : NULL;
         ws.vc.mad = &mad;
         if (ws_status != MD_OK) {

@@ -151,6 +151,14 @@ typedef struct md_kernels {
     void (*median_i16)(const uint16_t *const *rows, size_t w, int swapped, double *lower,
                        double *upper);
     void (*sort)(double *const *rows, size_t w);
+    /* The sorted columns of float32 rows (bscale 1, bzero +0) or int16 rows
+     * (bytes swapped when `swapped`; values a * t + b, a > 0) read as they
+     * are, into the tile rows `out`: what md_load_sum and `sort` store, bit
+     * for bit.  sort_f32 returns 0 (the tile unusable) when a column's values
+     * are not all finite, else 1. */
+    int (*sort_f32)(const float *const *rows, size_t w, double *const *out);
+    void (*sort_i16)(const uint16_t *const *rows, size_t w, int swapped, double a, double b,
+                     double *const *out);
     /* Per column, the mean of its N values and the sum of their squared
      * deviations from it (md_vclip.c's run_means and run_sumsq). */
     void (*moments)(const double *const *rows, size_t w, double *mean, double *sumsq);
@@ -212,15 +220,16 @@ void md_vclip_queue_layout(md_vclip_scratch *sc, size_t n, double *queue);
 /*
  * MD_SIGCLIP (unweighted), MD_CCDCLIP, MD_MINMAX or MD_QUANTILECLIP for a tile
  * of n rows of w columns (rows[i] = rows[0] + i * stride, the pixels x0 ..
- * x0 + w - 1 of a row) holding no bad value, sorted here column by column:
+ * x0 + w - 1 of a row) holding no bad value, sorted here column by column
+ * (unless `sorted`: already):
  * the results md_reduce_sorted gives each column, bit for bit, into value ..
  * nrej.  Except for the columns that sigclip or ccdclip queue for more
  * passes: md_vclip_flush writes their results into sc->row.  It runs when the
  * queue is full, and must run at the end of each row.
  */
 void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *const *rows, size_t stride,
-                   size_t n, size_t w, size_t x0, double *value, double *variance, double *npix,
-                   double *nrej);
+                   size_t n, int sorted, size_t w, size_t x0, double *value, double *variance,
+                   double *npix, double *nrej);
 void md_vclip_flush(const md_params *p, md_vclip_scratch *sc, size_t n);
 
 /* ---- md_reduce.c: rejection methods on one pixel ---------------------- */

@@ -348,12 +348,12 @@ MD_INLINE void pass_and_moments(const md_params *p, md_clip_kernel generated, co
 }
 
 MD_HOT void md_vclip_tile(const md_params *p, md_vclip_scratch *sc, double *const *rows,
-                          size_t stride, size_t nframes, size_t w, size_t x0, double *value,
-                          double *variance, double *npix, double *nrej)
+                          size_t stride, size_t nframes, int sorted, size_t w, size_t x0,
+                          double *value, double *variance, double *npix, double *nrej)
 {
     const int n = (int)nframes;
     const double *tile = rows[0];
-    md_sort_columns(sc->kernels, sc->sort, rows, w);
+    if (!sorted) md_sort_columns(sc->kernels, sc->sort, rows, w);
     switch (p->method) {
     case MD_MINMAX: {
         const int a = p->nlow < n ? p->nlow : n;

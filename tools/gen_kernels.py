@@ -6,7 +6,8 @@ register per frame once the compiler vectorises the loop across columns):
 
 * ``md_kmedian_N``: the median by the pruned Batcher network (``_f32``: of
   float32 rows; ``_i16``: the middle values of int16 rows);
-* ``md_ksort_N``: the full Batcher network, storing the sorted column back;
+* ``md_ksort_N``: the full Batcher network, storing the sorted column back
+  (``_f32`` and ``_i16``: of float32 or int16 rows, into a tile of doubles);
 * ``md_kmoments_N``: the mean of each column's N values and the sum of their
   squared deviations from it (md_vclip.c's run_means and run_sumsq);
 * ``md_kpass_mad_N`` and ``md_kpass_std_N`` (N >= 3): a clipping pass of
@@ -279,6 +280,61 @@ def mad_of_sorted(n: int) -> list[str]:
     return body + t.lines + [f"double s = MD_MAD_TO_SIGMA * ({mid});"]
 
 
+def kernel_sort_narrow(n: int, kind: str) -> str:
+    """The sorted columns of float32 (kind "f32") or int16 ("i16") rows read as
+    they are, by the network on lanes of their type (two or four times the
+    lanes of doubles), stored into a tile's rows as md_load_sum makes a tile's
+    values from them: (double)v + 0.0 for floats of bscale 1 and bzero +0
+    (-0.0 becomes +0.0), a * (double)t + b for int16 t with a > 0, values in
+    the order of the t.  Same bits as md_load_sum then md_ksort_N.  The float
+    kernel returns 0, with the tile unusable, when a sum of a column's floats
+    is not finite (a NaN would not sort), else 1."""
+    out = "\n".join(f"    double *restrict o{i} = out[{i}];" for i in range(n))
+    if kind == "f32":
+        rows = "\n".join(f"    const float *restrict r{i} = rows[{i}];" for i in range(n))
+        total = " + ".join(f"v{i}" for i in range(n))
+        body = [f"float v{i} = r{i}[x];" for i in range(n)]
+        body += [f"const float total = {total};", "bad |= !(total - total == 0.0f);"]
+        body += network(sort_pairs(n)) + [f"o{i}[x] = (double)v{i} + 0.0;" for i in range(n)]
+        return f"""
+MD_HOT static int md_ksort_f32_{n}(const float *const *rows, size_t w, double *const *out)
+{{
+{rows}
+{out}
+    int bad = 0;
+    /* The frames' rows and the tile's do not overlap. */
+#pragma GCC ivdep
+    for (size_t x = 0; x < w; x++) {{
+{code(body)}
+    }}
+    return !bad;
+}}
+"""
+    rows = "\n".join(f"    const uint16_t *restrict r{i} = rows[{i}];" for i in range(n))
+    tail = network(sort_pairs(n)) + [f"o{i}[x] = a * (double)v{i} + b;" for i in range(n)]
+    swapped = [f"int16_t v{i} = (int16_t)__builtin_bswap16(r{i}[x]);" for i in range(n)]
+    native = [f"int16_t v{i} = (int16_t)r{i}[x];" for i in range(n)]
+    return f"""
+MD_HOT static void md_ksort_i16_{n}(const uint16_t *const *rows, size_t w, int swapped, double a,
+                                  double b, double *const *out)
+{{
+{rows}
+{out}
+    /* The frames' rows and the tile's do not overlap. */
+    if (swapped)
+#pragma GCC ivdep
+        for (size_t x = 0; x < w; x++) {{
+{code(swapped + tail)}
+        }}
+    else
+#pragma GCC ivdep
+        for (size_t x = 0; x < w; x++) {{
+{code(native + tail)}
+        }}
+}}
+"""
+
+
 def moments_body(n: int) -> list[str]:
     """The mean (mean_) of a column's n values v0..v{n-1} and the sum of their
     squared deviations from it (ss), in md_vclip.c's order."""
@@ -401,16 +457,19 @@ def main() -> None:
         print(kernel_median(n, "float"), end="")
         print(kernel_median_i16(n), end="")
         print(kernel_sort(n), end="")
+        print(kernel_sort_narrow(n, "f32"), end="")
+        print(kernel_sort_narrow(n, "i16"), end="")
         print(kernel_moments(n), end="")
         if n >= MIN_CLIP_FRAMES:
             print(kernel_pass(n, "mad"), end="")
             print(kernel_pass(n, "std"), end="")
     print("\nconst md_kernels md_kernel_table[MD_KERNEL_MAX_FRAMES + 1] = {")
-    print("    {NULL, NULL, NULL, NULL, NULL, NULL, NULL},")
+    print("    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},")
     for n in range(1, MAX_FRAMES + 1):
         clips = f"md_kpass_mad_{n}, md_kpass_std_{n}" if n >= MIN_CLIP_FRAMES else "NULL, NULL"
         medians = f"md_kmedian_{n}, md_kmedian_f32_{n}, md_kmedian_i16_{n}"
-        kernels = f"{medians}, md_ksort_{n}, md_kmoments_{n}, {clips}"
+        sorts = f"md_ksort_{n}, md_ksort_f32_{n}, md_ksort_i16_{n}"
+        kernels = f"{medians}, {sorts}, md_kmoments_{n}, {clips}"
         print(f"    {{{kernels}}},")
     print("};")
 
