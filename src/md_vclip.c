@@ -231,16 +231,53 @@ MD_INLINE void clip_pass(const md_params *p, const double *v, size_t stride, int
     }
 }
 
-/* Indices j < m where keep[j] == want, into index; returns how many. */
-static size_t select_columns(const double *restrict keep, double want, size_t m,
-                             size_t *restrict index)
+/* select_columns for the columns j0 .. m - 1, the first k found. */
+static inline __attribute__((always_inline)) size_t select_from(const double *restrict keep,
+                                                                double want, size_t j0,
+                                                                size_t m, size_t *restrict index,
+                                                                size_t k)
 {
-    size_t k = 0;
-    for (size_t j = 0; j < m; j++) {
+    for (size_t j = j0; j < m; j++) {
         index[k] = j;
         k += keep[j] == want;
     }
     return k;
+}
+
+#if MD_CLONES && __GNUC__ >= 12
+#include <immintrin.h>
+#define MD_SELECT_V4 1
+/* select_columns, 8 columns per step by AVX-512's compress (no compiler
+ * vectorises the scalar loop), then the rest one at a time.  Each store of 8
+ * indices at index + k ends before index + j + 8 <= index + m. */
+__attribute__((target("arch=x86-64-v4"))) static size_t select_v4(const double *restrict keep,
+                                                                  double want, size_t m,
+                                                                  size_t *restrict index)
+{
+    _Static_assert(sizeof(size_t) == 8, "an index is a 64-bit lane");
+    const __m512d wanted = _mm512_set1_pd(want);
+    __m512i j8 = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    size_t k = 0, j = 0;
+    for (; j + 8 <= m; j += 8) {
+        const __mmask8 sel = _mm512_cmp_pd_mask(_mm512_loadu_pd(keep + j), wanted, _CMP_EQ_OQ);
+        _mm512_storeu_si512((void *)(index + k), _mm512_maskz_compress_epi64(sel, j8));
+        k += (size_t)__builtin_popcount(sel);
+        j8 = _mm512_add_epi64(j8, _mm512_set1_epi64(8));
+    }
+    return select_from(keep, want, j, m, index, k);
+}
+#else
+#define MD_SELECT_V4 0
+#endif
+
+/* Indices j < m where keep[j] == want, into index; returns how many. */
+static size_t select_columns(const double *restrict keep, double want, size_t m,
+                             size_t *restrict index)
+{
+#if MD_SELECT_V4
+    if (__builtin_cpu_supports("x86-64-v4")) return select_v4(keep, want, m, index);
+#endif
+    return select_from(keep, want, 0, m, index, 0);
 }
 
 size_t md_vclip_queue_doubles(size_t n, size_t capacity)
