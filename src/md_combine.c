@@ -1041,6 +1041,9 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
 #endif
             *out->fewest = fewest < *out->fewest ? fewest : *out->fewest;
         }
+#if defined(__x86_64__)
+        __builtin_ia32_sfence(); /* the non-temporal stores of md_store_row, done */
+#endif
         workspace_free(&ws);
     }
     md_network_free(&net);

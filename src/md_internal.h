@@ -68,7 +68,9 @@ void md_load_sum(const md_image *ims, size_t count, size_t y, size_t x0, size_t 
 /* dst[k] = 1 where the mask pixel (y, x0 + k) is non-zero, else 0. */
 void md_load_mask(const md_image *im, size_t y, size_t x0, size_t w, unsigned char *dst);
 
-/* Store src[0..w) into row y, columns x0.., of an output plane. */
+/* Store src[0..w) into row y, columns x0.., of an output plane.  Long rows
+ * of float32 or int16 may be written by non-temporal stores: a thread that
+ * stored rows runs an sfence before others read them. */
 void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src);
 
 /* Store the value v into row y, columns x0..x0 + w, of an output plane (as

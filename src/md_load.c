@@ -376,7 +376,75 @@ MD_HOT void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, doubl
     MD_WRITE(fill, pl->dtype, (pl, y, x0, w, v))
 }
 
+#if MD_CLONES && __GNUC__ >= 12
+#include <immintrin.h>
+#define MD_STREAM_V4 1
+
+/* Rows at least this long are written by non-temporal stores (stream_*),
+ * which send whole cache lines to memory without first reading them in.  In
+ * a tile's row the partial lines at both ends cost more than that saves
+ * (measured: the median, which stores by tiles, 5 % slower). */
+#define MD_STREAM_MIN 1024
+
+/* p[k] = (float)src[k], k < w: the whole cache lines by non-temporal stores. */
+__attribute__((target("arch=x86-64-v4"))) static void stream_f32(float *p, size_t w,
+                                                                 const double *src)
+{
+    size_t k = 0;
+    for (; k < w && (uintptr_t)(p + k) % 64 != 0; k++) p[k] = (float)src[k];
+    for (; k + 16 <= w; k += 16) {
+        const __m256 a = _mm512_cvtpd_ps(_mm512_loadu_pd(src + k));
+        const __m256 b = _mm512_cvtpd_ps(_mm512_loadu_pd(src + k + 8));
+        _mm512_stream_ps(p + k, _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1));
+    }
+    for (; k < w; k++) p[k] = (float)src[k];
+}
+
+/* 16 counts as int32, as MD_AS_INT makes them (NaN: 0). */
+__attribute__((target("arch=x86-64-v4"))) static inline __m512i counts_i32(const double *src)
+{
+    __m256i half[2];
+    for (int h = 0; h < 2; h++) {
+        const __m512d v = _mm512_loadu_pd(src + 8 * h);
+        const __m512d good = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(v, v, _CMP_ORD_Q), v);
+        half[h] = _mm512_cvttpd_epi32(good);
+    }
+    return _mm512_inserti64x4(_mm512_castsi256_si512(half[0]), half[1], 1);
+}
+
+/* p[k] = (int16_t)MD_AS_INT(src[k]), k < w, as stream_f32 stores. */
+__attribute__((target("arch=x86-64-v4"))) static void stream_i16(int16_t *p, size_t w,
+                                                                 const double *src)
+{
+    size_t k = 0;
+    for (; k < w && (uintptr_t)(p + k) % 64 != 0; k++) p[k] = (int16_t)MD_AS_INT(src[k]);
+    for (; k + 32 <= w; k += 32) {
+        const __m256i a = _mm512_cvtepi32_epi16(counts_i32(src + k));
+        const __m256i b = _mm512_cvtepi32_epi16(counts_i32(src + k + 16));
+        _mm512_stream_si512((void *)(p + k), _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1));
+    }
+    for (; k < w; k++) p[k] = (int16_t)MD_AS_INT(src[k]);
+}
+#else
+#define MD_STREAM_V4 0
+#endif
+
 MD_HOT void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src)
 {
+#if MD_STREAM_V4
+    if (w >= MD_STREAM_MIN && pl->col_stride == (long long)md_dtype_size(pl->dtype)
+        && __builtin_cpu_supports("x86-64-v4")) {
+        char *row = (char *)pl->data + (ptrdiff_t)y * pl->row_stride
+                    + (ptrdiff_t)x0 * pl->col_stride;
+        if (pl->dtype == MD_FLOAT32) {
+            stream_f32((float *)(void *)row, w, src);
+            return;
+        }
+        if (pl->dtype == MD_INT16) {
+            stream_i16((int16_t *)(void *)row, w, src);
+            return;
+        }
+    }
+#endif
     MD_WRITE(store, pl->dtype, (pl, y, x0, w, src))
 }

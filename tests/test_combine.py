@@ -210,6 +210,43 @@ def test_float32_planes_are_the_float64_planes_rounded(frame_set, fast_calibrati
             np.testing.assert_array_equal(getattr(single, name), expected, err_msg=method)
 
 
+@pytest.mark.parametrize("offset", [0, 1, 5])
+@pytest.mark.parametrize("method", ["sigclip", "ccdclip"])
+def test_long_rows_of_float32_and_int16_planes_are_the_float64_planes_converted(
+    offset, method, rng
+):
+    """sigclip and ccdclip store whole rows at once, which the core writes to
+    float32 and int16 planes by non-temporal stores where the CPU has AVX-512:
+    whole cache lines in vectors, the rest one pixel at a time.  Planes that
+    start `offset` pixels past an array's start move the lines' boundaries.
+    Each plane must hold the float64 planes' values converted, NaNs included."""
+    n, nx = 11, 1500
+    values = rng.standard_t(2, (n, 3, nx)) * 3.0 + 100.0
+    values[:, 1, 7:300] = np.nan  # no good value: the fill, and npix 0
+    frames = list(values)
+    kwargs = {"method": method, "gain": 4.0, "rdnoise": 0.5} if method == "ccdclip" else {}
+    kwargs["method"] = method
+    double = quietly(combine, frames, dtype="float64", **kwargs)
+
+    def plane(dtype):
+        return np.zeros((3, nx + offset), dtype)[:, offset:]
+
+    out = CombineResult(
+        data=plane(np.float32),
+        variance=plane(np.float32),
+        npix=plane(np.int16),
+        nrejected=plane(np.int16),
+    )
+    single = quietly(combine, frames, out=out, **kwargs)
+    for name in ("data", "variance"):
+        want = getattr(double, name).astype(np.float32)
+        np.testing.assert_array_equal(getattr(single, name), want, err_msg=name)
+    for name in ("npix", "nrejected"):
+        np.testing.assert_array_equal(getattr(single, name), getattr(double, name), err_msg=name)
+    assert np.isnan(single.data[1, 7:300]).all() and (single.npix[1, 7:300] == 0).all()
+    assert single.nrejected.max() >= 1
+
+
 PATH_CASES = [
     ("sigclip", {}),
     ("sigclip", {"maxiters": 1, "low": 1.0, "high": 1.0}),  # the first pass is the last
