@@ -219,15 +219,6 @@ MD_HOT static void md_ksort_{n}(double *const *rows, size_t w)
 """
 
 
-def tree_sum(terms: list[str]) -> str:
-    """A sum of exact terms (counts) as a balanced tree: a short dependency chain."""
-    while len(terms) > 1:
-        terms = [f"({a} + {b})" for a, b in zip(terms[::2], terms[1::2], strict=False)] + (
-            [terms[-1]] if len(terms) % 2 else []
-        )
-    return terms[0]
-
-
 class Temporaries:
     """Statements that name each step of an expression t0, t1, ... (a nested
     conditional expression would keep the compiler from vectorising)."""
@@ -362,13 +353,17 @@ def pass_body(n: int, spread: str) -> list[str]:
     below_rows, above_rows = range(n), range(n)
     if spread == "mad":
         below_rows, above_rows = range(n // 2), range((n + 1) // 2, n)
-    below = tree_sum([f"(v{i} < low ? 1.0 : 0.0)" for i in below_rows])
-    above = tree_sum([f"(v{i} > high ? 1.0 : 0.0)" for i in above_rows])
+    # The column is sorted: a value below low has only values below low before
+    # it, so the count below is one more than the last such row (above high:
+    # the first such row's distance from the end), as counting them would give.
     body += [
         "s = s < floor_ ? floor_ : s;",
         "const double low = c - k_low * s, high = c + k_high * s;",
-        f"const double below = {below};",
-        f"const double above = {above};",
+        "double below = 0.0, above = 0.0;",
+    ]
+    body += [f"below = v{i} < low ? {i + 1}.0 : below;" for i in below_rows]
+    body += [f"above = v{i} > high ? {n - i}.0 : above;" for i in reversed(above_rows)]
+    body += [
         # The run [0, n) becomes [na, nb) unless the pass rejected nothing or
         # everything; the stores of the run, whether it moved, the moments.
         # `still` as clip_pass's test: L (n - L) > 0 for the new length L. GCC
