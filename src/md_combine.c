@@ -151,29 +151,22 @@ static size_t tile_width(size_t nframes)
         return ok != 0;                                                                           \
     }
 
-#if MD_CLONES && __GNUC__ >= 12
-#define MD_EXACT_LEVELS 1
-__attribute__((target("arch=x86-64-v4"))) static int divide_v4(double *restrict dst,
-                                                               const double *restrict num,
-                                                               size_t w, double b)
+#if MD_LEVELS
+MD_V4 static int divide_v4(double *restrict dst, const double *restrict num, size_t w, double b)
 MD_DIVIDE_BODY
-__attribute__((target("arch=x86-64-v3"))) static int divide_v3(double *restrict dst,
-                                                               const double *restrict num,
-                                                               size_t w, double b)
+MD_V3 static int divide_v3(double *restrict dst, const double *restrict num, size_t w, double b)
 MD_DIVIDE_BODY
-__attribute__((target("arch=x86-64-v4"))) static int mean_variances_v4(
-    double *restrict var, const double *restrict ss, size_t w, double k, double m)
+MD_V4 static int mean_variances_v4(double *restrict var, const double *restrict ss, size_t w,
+                                   double k, double m)
 MD_MEAN_VARIANCES_BODY
-__attribute__((target("arch=x86-64-v3"))) static int mean_variances_v3(
-    double *restrict var, const double *restrict ss, size_t w, double k, double m)
+MD_V3 static int mean_variances_v3(double *restrict var, const double *restrict ss, size_t w,
+                                   double k, double m)
 MD_MEAN_VARIANCES_BODY
-#else
-#define MD_EXACT_LEVELS 0
 #endif
 
 void md_divide(double *restrict dst, const double *restrict num, size_t w, double b)
 {
-#if MD_EXACT_LEVELS
+#if MD_LEVELS
     const int small = b < 0x1p50;
     if (small && __builtin_cpu_supports("x86-64-v4") && divide_v4(dst, num, w, b)) return;
     if (small && __builtin_cpu_supports("x86-64-v3") && divide_v3(dst, num, w, b)) return;
@@ -184,7 +177,7 @@ void md_divide(double *restrict dst, const double *restrict num, size_t w, doubl
 MD_HOT void md_mean_variances(double *restrict var, double *restrict tmp,
                               const double *restrict ss, size_t w, double k, double m)
 {
-#if MD_EXACT_LEVELS
+#if MD_LEVELS
     const int small = m * m < 0x1p50;
     if (small && __builtin_cpu_supports("x86-64-v4") && mean_variances_v4(var, ss, w, k, m))
         return;

@@ -26,6 +26,18 @@
 #define MD_HOT
 #endif
 
+/* A few loops no compiler vectorises well are written for one level with its
+ * intrinsics (MD_V4: x86-64-v4, AVX-512), or built for two (v4, v3), each
+ * called where __builtin_cpu_supports says the CPU has that level; other
+ * CPUs and compilers take the portable loop. */
+#if MD_CLONES && __GNUC__ >= 12
+#define MD_LEVELS 1
+#define MD_V4 __attribute__((target("arch=x86-64-v4")))
+#define MD_V3 __attribute__((target("arch=x86-64-v3")))
+#else
+#define MD_LEVELS 0
+#endif
+
 /* 1 / Phi^-1(3/4): the MAD of a normal distribution times this is its sigma. */
 #define MD_MAD_TO_SIGMA 1.482602218505602
 

@@ -376,9 +376,8 @@ MD_HOT void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, doubl
     MD_WRITE(fill, pl->dtype, (pl, y, x0, w, v))
 }
 
-#if MD_CLONES && __GNUC__ >= 12
+#if MD_LEVELS
 #include <immintrin.h>
-#define MD_STREAM_V4 1
 
 /* Rows at least this long are written by non-temporal stores (stream_*),
  * which send whole cache lines to memory without first reading them in.  In
@@ -387,8 +386,7 @@ MD_HOT void md_fill_row(const md_plane *pl, size_t y, size_t x0, size_t w, doubl
 #define MD_STREAM_MIN 1024
 
 /* p[k] = (float)src[k], k < w: the whole cache lines by non-temporal stores. */
-__attribute__((target("arch=x86-64-v4"))) static void stream_f32(float *p, size_t w,
-                                                                 const double *src)
+MD_V4 static void stream_f32(float *p, size_t w, const double *src)
 {
     size_t k = 0;
     for (; k < w && (uintptr_t)(p + k) % 64 != 0; k++) p[k] = (float)src[k];
@@ -401,7 +399,7 @@ __attribute__((target("arch=x86-64-v4"))) static void stream_f32(float *p, size_
 }
 
 /* 16 counts as int32, as MD_AS_INT makes them (NaN: 0). */
-__attribute__((target("arch=x86-64-v4"))) static inline __m512i counts_i32(const double *src)
+MD_V4 static inline __m512i counts_i32(const double *src)
 {
     __m256i half[2];
     for (int h = 0; h < 2; h++) {
@@ -413,8 +411,7 @@ __attribute__((target("arch=x86-64-v4"))) static inline __m512i counts_i32(const
 }
 
 /* p[k] = (int16_t)MD_AS_INT(src[k]), k < w, as stream_f32 stores. */
-__attribute__((target("arch=x86-64-v4"))) static void stream_i16(int16_t *p, size_t w,
-                                                                 const double *src)
+MD_V4 static void stream_i16(int16_t *p, size_t w, const double *src)
 {
     size_t k = 0;
     for (; k < w && (uintptr_t)(p + k) % 64 != 0; k++) p[k] = (int16_t)MD_AS_INT(src[k]);
@@ -425,13 +422,11 @@ __attribute__((target("arch=x86-64-v4"))) static void stream_i16(int16_t *p, siz
     }
     for (; k < w; k++) p[k] = (int16_t)MD_AS_INT(src[k]);
 }
-#else
-#define MD_STREAM_V4 0
 #endif
 
 MD_HOT void md_store_row(const md_plane *pl, size_t y, size_t x0, size_t w, const double *src)
 {
-#if MD_STREAM_V4
+#if MD_LEVELS
     if (w >= MD_STREAM_MIN && pl->col_stride == (long long)md_dtype_size(pl->dtype)
         && __builtin_cpu_supports("x86-64-v4")) {
         char *row = (char *)pl->data + (ptrdiff_t)y * pl->row_stride

@@ -244,15 +244,13 @@ static inline __attribute__((always_inline)) size_t select_from(const double *re
     return k;
 }
 
-#if MD_CLONES && __GNUC__ >= 12
+#if MD_LEVELS
 #include <immintrin.h>
-#define MD_SELECT_V4 1
 /* select_columns, 8 columns per step by AVX-512's compress (no compiler
  * vectorises the scalar loop), then the rest one at a time.  Each store of 8
  * indices at index + k ends before index + j + 8 <= index + m. */
-__attribute__((target("arch=x86-64-v4"))) static size_t select_v4(const double *restrict keep,
-                                                                  double want, size_t m,
-                                                                  size_t *restrict index)
+MD_V4 static size_t select_v4(const double *restrict keep, double want, size_t m,
+                              size_t *restrict index)
 {
     _Static_assert(sizeof(size_t) == 8, "an index is a 64-bit lane");
     const __m512d wanted = _mm512_set1_pd(want);
@@ -266,15 +264,13 @@ __attribute__((target("arch=x86-64-v4"))) static size_t select_v4(const double *
     }
     return select_from(keep, want, j, m, index, k);
 }
-#else
-#define MD_SELECT_V4 0
 #endif
 
 /* Indices j < m where keep[j] == want, into index; returns how many. */
 static size_t select_columns(const double *restrict keep, double want, size_t m,
                              size_t *restrict index)
 {
-#if MD_SELECT_V4
+#if MD_LEVELS
     if (__builtin_cpu_supports("x86-64-v4")) return select_v4(keep, want, m, index);
 #endif
     return select_from(keep, want, 0, m, index, 0);
