@@ -509,14 +509,21 @@ def test_sha256_file(tmp_path):
 def test_prefetched_digests(tmp_path):
     """Files hashed in the background (the command line starts this before its imports):
     the digest of the file as it is when asked for; anything that is not a regular file
-    is skipped at once (a FIFO is never opened for long), a changed file is hashed again."""
+    is skipped at once (a FIFO is never opened for long), a changed file is hashed again:
+    one replaced while it may be hashed, one rewritten in place once it was.  (Cutting a
+    file short while it is hashed would end the process: it is read through a map.)"""
     files = [tmp_path / f"f{i}.bin" for i in range(3)]
     for path in files:
         path.write_bytes(os.urandom((1 << 20) + 5))
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     digest.prefetch(["--out", str(tmp_path), str(fifo), tmp_path / "missing", *files])
-    files[2].write_bytes(b"changed")  # after (or while) it was prefetched
+    replacement = tmp_path / "replacement.bin"
+    replacement.write_bytes(b"replaced")
+    os.replace(replacement, files[2])  # the old bytes stay mapped while hashed
+    for job in list(digest._queued.values()):
+        job.done.wait()
+    files[1].write_bytes(b"changed")  # in place, after it was hashed
     for path in files:
         assert digest.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
