@@ -141,9 +141,26 @@ def network(pairs, name: str = "v") -> list[str]:
     return [f"MD_CMPX({name}{a}, {name}{b});" for a, b in pairs]
 
 
-def row_pointers(n: int, writable: bool = False) -> str:
-    kind = "double" if writable else "const double"
-    return "\n".join(f"    {kind} *restrict r{i} = rows[{i}];" for i in range(n))
+def row_pointers(n: int, kind: str = "const double", name: str = "r", array: str = "rows") -> str:
+    """Locals name0..name{n-1} pointing to the rows array[0..n-1], of type kind."""
+    return "\n".join(f"    {kind} *restrict {name}{i} = {array}[{i}];" for i in range(n))
+
+
+def int16_loops(n: int, tail: list[str], ivdep: bool = False) -> str:
+    """The loops over the columns of int16 rows r0..r{n-1} read as they are:
+    with their bytes swapped when `swapped`, or not.  Each loads a column into
+    int16 locals v0..v{n-1}, then runs ``tail``."""
+    swapped = [f"int16_t v{i} = (int16_t)__builtin_bswap16(r{i}[x]);" for i in range(n)]
+    native = [f"int16_t v{i} = (int16_t)r{i}[x];" for i in range(n)]
+    pragma = "\n#pragma GCC ivdep" if ivdep else ""
+    return f"""    if (swapped){pragma}
+        for (size_t x = 0; x < w; x++) {{
+{code(swapped + tail)}
+        }}
+    else{pragma}
+        for (size_t x = 0; x < w; x++) {{
+{code(native + tail)}
+        }}"""
 
 
 def stores(n: int) -> list[str]:
@@ -163,12 +180,11 @@ def kernel_median(n: int, kind: str = "double") -> str:
     mid = hi if n % 2 else f"({lo} + {hi}) / 2.0"
     suffix = "_f32" if kind == "float" else ""
     given = "const float" if kind == "float" else "double"
-    rows = "\n".join(f"    const {kind} *restrict r{i} = rows[{i}];" for i in range(n))
     return f"""
 MD_HOT static void md_kmedian{suffix}_{n}({given} *const *rows, size_t w,
                                    double *restrict value)
 {{
-{rows}
+{row_pointers(n, f"const {kind}")}
     for (size_t x = 0; x < w; x++) {{
 {code(loads(n, kind) + network(median_pairs(n)))}
         value[x] = {mid};
@@ -183,24 +199,13 @@ def kernel_median_i16(n: int) -> str:
     the lanes of doubles).  With a positive scale, the physical values a t + b
     keep the order of the raw t, so the caller makes the median of a tile's
     values from these (md_combine.c's tile_median)."""
-    rows = "\n".join(f"    const uint16_t *restrict r{i} = rows[{i}];" for i in range(n))
     middles = [f"lower[x] = v{(n - 1) // 2};", f"upper[x] = v{n // 2};"]
-    swapped = [f"int16_t v{i} = (int16_t)__builtin_bswap16(r{i}[x]);" for i in range(n)]
-    native = [f"int16_t v{i} = (int16_t)r{i}[x];" for i in range(n)]
-    pairs = median_pairs(n)
     return f"""
 MD_HOT static void md_kmedian_i16_{n}(const uint16_t *const *rows, size_t w, int swapped,
                                   double *restrict lower, double *restrict upper)
 {{
-{rows}
-    if (swapped)
-        for (size_t x = 0; x < w; x++) {{
-{code(swapped + network(pairs) + middles)}
-        }}
-    else
-        for (size_t x = 0; x < w; x++) {{
-{code(native + network(pairs) + middles)}
-        }}
+{row_pointers(n, "const uint16_t")}
+{int16_loops(n, network(median_pairs(n)) + middles)}
 }}
 """
 
@@ -209,7 +214,7 @@ def kernel_sort(n: int) -> str:
     return f"""
 MD_HOT static void md_ksort_{n}(double *const *rows, size_t w)
 {{
-{row_pointers(n, writable=True)}
+{row_pointers(n, "double")}
     /* The rows are distinct, non-overlapping rows of one tile. */
 #pragma GCC ivdep
     for (size_t x = 0; x < w; x++) {{
@@ -285,9 +290,8 @@ def kernel_sort_narrow(n: int, kind: str) -> str:
     the order of the t.  Same bits as md_load_sum then md_ksort_N.  The float
     kernel returns 0, with the tile unusable, when a sum of a column's floats
     is not finite (a NaN would not sort), else 1."""
-    out = "\n".join(f"    double *restrict o{i} = out[{i}];" for i in range(n))
+    out = row_pointers(n, "double", "o", "out")
     if kind == "f32":
-        rows = "\n".join(f"    const float *restrict r{i} = rows[{i}];" for i in range(n))
         total = " + ".join(f"v{i}" for i in range(n))
         body = [f"float v{i} = r{i}[x];" for i in range(n)]
         body += [f"const float total = {total};", "bad |= !(total - total == 0.0f);"]
@@ -295,7 +299,7 @@ def kernel_sort_narrow(n: int, kind: str) -> str:
         return f"""
 MD_HOT static int md_ksort_f32_{n}(const float *const *rows, size_t w, double *const *out)
 {{
-{rows}
+{row_pointers(n, "const float")}
 {out}
     int bad = 0;
     /* The frames' rows and the tile's do not overlap. */
@@ -306,27 +310,15 @@ MD_HOT static int md_ksort_f32_{n}(const float *const *rows, size_t w, double *c
     return !bad;
 }}
 """
-    rows = "\n".join(f"    const uint16_t *restrict r{i} = rows[{i}];" for i in range(n))
     tail = network(sort_pairs(n)) + [f"o{i}[x] = a * (double)v{i} + b;" for i in range(n)]
-    swapped = [f"int16_t v{i} = (int16_t)__builtin_bswap16(r{i}[x]);" for i in range(n)]
-    native = [f"int16_t v{i} = (int16_t)r{i}[x];" for i in range(n)]
     return f"""
 MD_HOT static void md_ksort_i16_{n}(const uint16_t *const *rows, size_t w, int swapped, double a,
                                   double b, double *const *out)
 {{
-{rows}
+{row_pointers(n, "const uint16_t")}
 {out}
     /* The frames' rows and the tile's do not overlap. */
-    if (swapped)
-#pragma GCC ivdep
-        for (size_t x = 0; x < w; x++) {{
-{code(swapped + tail)}
-        }}
-    else
-#pragma GCC ivdep
-        for (size_t x = 0; x < w; x++) {{
-{code(native + tail)}
-        }}
+{int16_loops(n, tail, ivdep=True)}
 }}
 """
 
