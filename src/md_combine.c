@@ -917,10 +917,10 @@ static int frames_plain_int16(const md_inputs *in)
     return 1;
 }
 
-/* 1 when the values a t + b of plain int16 frames (frames_plain_int16) are
- * all finite, and no frame has a BLANK: gather_sorted's int16 kernels then
- * store what gather_clean would. */
-static int int16_values_finite(const md_inputs *in)
+/* 1 when every value a t + b of plain int16 frames (frames_plain_int16) is
+ * good: no frame has a BLANK, and a and b keep every value finite.
+ * gather_sorted's int16 kernels then store what gather_clean would. */
+static int int16_values_good(const md_inputs *in)
 {
     const md_image *f = &in->frames[0];
     for (size_t i = 0; i < in->nframes; i++)
@@ -986,7 +986,7 @@ int md_combine(const md_inputs *in, const md_params *p, const md_outputs *out,
     const int plain_int16 = in->nframes > 0 && frames_plain_int16(in);
     /* The rejection methods' clean tiles, sorted as they are gathered. */
     const int gathers_sorted = use_net && p->method != MD_MEDIAN && kernels_for(in->nframes)
-                               && (plain_float32 || (plain_int16 && int16_values_finite(in)));
+                               && (plain_float32 || (plain_int16 && int16_values_good(in)));
     int status = MD_OK;
 
 #ifdef _OPENMP
